@@ -1,0 +1,26 @@
+"""rskcnn: randomly-sparse-kernel convolutions whose kernels skip the masked weights."""
+
+from . import _extension
+from .backends import available_backends
+from .convert import convert, revert
+from .functional import rsk_conv2d
+from .masks import GRANULARITIES, block_shape, expand_mask, mask_shape, sample_mask
+from .modules import RSKConv2d
+
+if _extension.has_ops():
+    from . import ops  # noqa: F401  (fake kernels and autograd of the C++ ops)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRANULARITIES",
+    "RSKConv2d",
+    "available_backends",
+    "block_shape",
+    "convert",
+    "expand_mask",
+    "mask_shape",
+    "revert",
+    "rsk_conv2d",
+    "sample_mask",
+]

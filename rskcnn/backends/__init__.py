@@ -1,0 +1,85 @@
+"""The backend registry and ``auto``'s choice.
+
+Adding a backend: subclass :class:`Backend` in a module here, register an instance in
+``BACKENDS`` and, if ``auto`` should consider it, name it in ``AUTO_PRIORITY``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .base import Backend, ConvCall
+from .cpu import CpuBackend
+from .reference import ReferenceBackend, reference_conv2d
+
+logger = logging.getLogger("rskcnn")
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend())}
+
+# auto tries these in order and takes the first with no reasons against it;
+# reference accepts everything, so it is always last.
+AUTO_PRIORITY: dict[str, tuple[str, ...]] = {
+    "cpu": ("cpu", "reference"),
+}
+DEFAULT_PRIORITY = ("reference",)
+
+BACKEND_NAMES = ("auto", *BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    return BACKENDS[name]
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Names of the backends that can run on ``device`` (for some configuration)."""
+    device = torch.device(device)
+    return [name for name, b in BACKENDS.items() if b.unavailable_reason(device) is None]
+
+
+def unavailable_reasons(device: torch.device | str = "cpu") -> dict[str, str]:
+    """For each backend that cannot run on ``device``, why."""
+    device = torch.device(device)
+    reasons = {name: b.unavailable_reason(device) for name, b in BACKENDS.items()}
+    return {name: r for name, r in reasons.items() if r is not None}
+
+
+def choose(call: ConvCall) -> tuple[Backend, dict[str, list[str]]]:
+    """The backend ``auto`` uses for ``call``, and the reasons it passed over the others."""
+    skipped: dict[str, list[str]] = {}
+    for name in AUTO_PRIORITY.get(call.device.type, DEFAULT_PRIORITY):
+        reasons = BACKENDS[name].not_supported_reasons(call)
+        if not reasons:
+            if skipped:
+                logger.debug("rskcnn auto: %s for %s; skipped %s", name, call, skipped)
+            return BACKENDS[name], skipped
+        skipped[name] = reasons
+    raise RuntimeError(f"rskcnn: no backend supports {call}: {skipped}")
+
+
+def resolve(name: str, call: ConvCall) -> Backend:
+    """The backend for an explicit name or 'auto'; an explicit name that cannot serve
+    ``call`` raises with its reasons."""
+    if name == "auto":
+        return choose(call)[0]
+    backend = get_backend(name)
+    reasons = backend.not_supported_reasons(call)
+    if reasons:
+        raise RuntimeError(f"rskcnn: backend {name!r} cannot run this call: " + "; ".join(reasons))
+    return backend
+
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "ConvCall",
+    "available_backends",
+    "choose",
+    "get_backend",
+    "reference_conv2d",
+    "resolve",
+    "unavailable_reasons",
+]

@@ -1,0 +1,127 @@
+"""``RSKConv2d``: an ``nn.Conv2d`` whose training forward drops random kernel weights."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backends import BACKEND_NAMES
+from .functional import rsk_conv2d
+from .masks import GRANULARITIES, block_shape, sample_mask
+
+SCALE_MODES = ("paper", "inverted")
+
+
+def check_keep_prob(keep_prob) -> float:
+    if isinstance(keep_prob, bool) or not isinstance(keep_prob, (int, float)):
+        raise TypeError(f"keep_prob must be a float in (0, 1], got {keep_prob!r}")
+    if not 0.0 < float(keep_prob) <= 1.0:
+        raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
+    return float(keep_prob)
+
+
+class RSKConv2d(nn.Conv2d):
+    """A randomly-sparse-kernel convolution (Feng, He, Li, CVIT 2024).
+
+    Training: every forward draws a fresh Bernoulli(``keep_prob``) block mask ``M`` and
+    computes ``conv(x, W * M) + b`` (``scale_mode='paper'``) or ``conv(x, W * M / keep_prob) + b``
+    (``'inverted'``). Eval: a dense ``conv(x, W * keep_prob) + b`` (``'paper'``) or
+    ``conv(x, W) + b`` (``'inverted'``). ``keep_prob=1`` is exactly ``nn.Conv2d``.
+
+    The constructor is ``nn.Conv2d``'s plus ``keep_prob``, ``granularity`` (one of
+    ``element``, ``tap``, ``filter``, ``block``), ``block_size`` (``(bo, bi)`` for ``block``),
+    ``scale_mode``, ``generator`` (for reproducible masks) and ``backend``.
+    The state_dict is exactly ``nn.Conv2d``'s. Input ``(N, Cin, H, W)``, output ``(N, Cout, OH, OW)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        keep_prob: float = 0.5,
+        granularity: str = "element",
+        block_size: tuple[int, int] = (32, 32),
+        scale_mode: str = "paper",
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            device, dtype,
+        )
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if scale_mode not in SCALE_MODES:
+            raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.granularity = granularity
+        self.block_size = tuple(block_size)
+        self.block = block_shape(granularity, self.weight.shape, self.block_size)
+        self.scale_mode = scale_mode
+        self.generator = generator
+        self.backend = backend
+        # A tensor, so that a schedule changing keep_prob changes data, not code that
+        # torch.compile would have to guard on. Not persistent: the state_dict stays nn.Conv2d's.
+        self.register_buffer("keep_prob_tensor", torch.empty((), dtype=torch.float32, device=device),
+                             persistent=False)
+        self.keep_prob = keep_prob
+
+    @property
+    def keep_prob(self) -> float:
+        return self._keep_prob
+
+    @keep_prob.setter
+    def keep_prob(self, value: float) -> None:
+        self._keep_prob = check_keep_prob(value)
+        self.keep_drops = self._keep_prob < 1.0
+        self.keep_prob_tensor.fill_(self._keep_prob)
+
+    def sample_mask(self) -> torch.Tensor:
+        """A fresh bool mask of shape ``ceil(weight.shape / block)``."""
+        return sample_mask(self.weight.shape, self.keep_prob_tensor, self.block,
+                           generator=self.generator, device=self.weight.device)
+
+    def eval_weight(self) -> torch.Tensor:
+        """The weight of the dense eval-time convolution."""
+        if self.scale_mode == "paper":
+            return self.weight * self.keep_prob_tensor.to(self.weight.dtype)
+        return self.weight
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.keep_drops:
+            return super().forward(input)
+        if not self.training:
+            return self._conv_forward(input, self.eval_weight(), self.bias)
+        weight = self.weight
+        if self.scale_mode == "inverted":
+            weight = weight / self.keep_prob_tensor.to(weight.dtype)
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return rsk_conv2d(input, weight, self.sample_mask(), self.bias, self.stride, padding, self.dilation,
+                          self.groups, block=self.block, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        parts = [super().extra_repr(), f"keep_prob={self.keep_prob}", f"granularity={self.granularity!r}"]
+        if self.granularity == "block":
+            parts.append(f"block_size={self.block_size}")
+        if self.scale_mode != "paper":
+            parts.append(f"scale_mode={self.scale_mode!r}")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)

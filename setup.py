@@ -1,0 +1,78 @@
+"""Builds rskcnn._C against the torch that is installed now.
+
+Install with ``pip install --no-build-isolation -e .`` so that the extension is
+compiled against the same torch it will run with (see README, "Build").
+"""
+
+import glob
+import os
+from pathlib import Path
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).parent
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def want_cuda(cuda_sources: list[str]) -> tuple[bool, str]:
+    force = os.environ.get("FORCE_CUDA", "")
+    if force == "0":
+        return False, "FORCE_CUDA=0"
+    if not cuda_sources:
+        return False, "no CUDA sources in csrc/cuda"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU build"
+    # CUDA_HOME comes from $CUDA_HOME, $CUDA_PATH, the nvcc on PATH or /usr/local/cuda.
+    if CUDA_HOME is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+    if force == "1":
+        return True, "FORCE_CUDA=1"
+    if torch.cuda.is_available():
+        return True, "a CUDA device is visible"
+    return False, "no CUDA device is visible (FORCE_CUDA=1 builds anyway)"
+
+
+def write_build_info(cuda: bool, reason: str) -> None:
+    info = (
+        "# Written by setup.py at build time; not tracked.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"CUDA_BUILT = {cuda!r}\n"
+        f"CUDA_REASON = {reason!r}\n"
+        f"CUDA_ARCH_LIST = {os.environ.get('TORCH_CUDA_ARCH_LIST', '') if cuda else ''!r}\n"
+    )
+    (ROOT / "rskcnn" / "_build_info.py").write_text(info)
+
+
+def extensions():
+    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    cuda, reason = want_cuda(cuda_sources)
+    if cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    write_build_info(cuda, reason)
+    print(f"rskcnn: building {'with' if cuda else 'without'} CUDA kernels ({reason})")
+
+    cxx_flags = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    kwargs = dict(
+        name="rskcnn._C",
+        sources=cpp_sources + (cuda_sources if cuda else []),
+        include_dirs=[str(ROOT / "csrc")],
+        # One binary for every CPython >= 3.10; the module only registers torch ops.
+        define_macros=[("Py_LIMITED_API", "0x030A0000")],
+        extra_compile_args={"cxx": cxx_flags},
+        py_limited_api=True,
+    )
+    if cuda:
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        return [CUDAExtension(**kwargs)]
+    return [CppExtension(**kwargs)]
+
+
+setup(
+    packages=find_packages(include=["rskcnn", "rskcnn.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
