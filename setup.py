@@ -34,6 +34,23 @@ def want_cuda(cuda_sources: list[str]) -> tuple[bool, str]:
     return False, "no CUDA device is visible (FORCE_CUDA=1 builds anyway)"
 
 
+def native_simd_flags() -> list[str]:
+    """The widest of AVX-512 and AVX2 that the build machine has: the extension is
+    built where it runs (pip install --no-build-isolation). RSKCNN_PORTABLE=1 builds
+    for any x86-64."""
+    if os.environ.get("RSKCNN_PORTABLE") == "1":
+        return []
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    if {"avx512f", "avx512dq", "avx2", "fma"} <= flags:
+        return ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma", "-DRSKCNN_VECTOR_BYTES=64"]
+    if {"avx2", "fma"} <= flags:
+        return ["-mavx2", "-mfma", "-DRSKCNN_VECTOR_BYTES=32"]
+    return []
+
+
 def write_build_info(cuda: bool, reason: str) -> None:
     info = (
         "# Written by setup.py at build time; not tracked.\n"
@@ -54,7 +71,7 @@ def extensions():
     write_build_info(cuda, reason)
     print(f"rskcnn: building {'with' if cuda else 'without'} CUDA kernels ({reason})")
 
-    cxx_flags = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    cxx_flags = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", *native_simd_flags()]
     kwargs = dict(
         name="rskcnn._C",
         sources=cpp_sources + (cuda_sources if cuda else []),

@@ -7,7 +7,8 @@
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "rskcnn's registered torch ops", -1, nullptr};
+      PyModuleDef_HEAD_INIT, "_C", "rskcnn's registered torch ops", -1,
+      nullptr, nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module_def);
 }
 }

@@ -1,5 +1,7 @@
-// Direct sparse convolution (after Park et al., ICLR 2017): each kept weight adds
-// a scaled, shifted input plane to one output plane.
+// Forward as a sparse product: for each chunk of output pixels, the kept weights
+// of each filter (sparse rows) multiply the input columns they read (an im2col of
+// the chunk only). Weights outside the mask are not in the rows, so they are never
+// loaded or multiplied.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -7,64 +9,39 @@
 
 #include "../conv_args.h"
 #include "checks.h"
+#include "columns.h"
 #include "kernels.h"
 #include "plan.h"
+#include "row_groups.h"
+#include "sparse_rows.h"
 
 namespace rskcnn::cpu {
 namespace {
 
-template <typename scalar_t>
-void forward_kernel(const scalar_t* x, const scalar_t* w, const scalar_t* bias,
-                    const Plan& plan, const ConvArgs& a, scalar_t scale, scalar_t* y) {
-  const BlockMaskGeometry& g = a.mask;
+template <typename T>
+void forward_kernel(const T* x, const T* w, const T* bias, const Plan& plan, const ConvArgs& a,
+                    T scale, T* y) {
   const int64_t cout_g = a.cout / a.groups;
-  const int64_t in_plane = a.h * a.w;
-  const int64_t out_plane = a.oh * a.ow;
-  const int64_t work = a.cin_g * a.kh * a.kw * out_plane;
-
-  at::parallel_for(0, a.n * a.cout, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc(out_plane);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / a.cout;
-      const int64_t o = task % a.cout;
-      const scalar_t* x_group = x + (n * a.cin + (o / cout_g) * a.cin_g) * in_plane;
-      const scalar_t* w_filter = w + o * a.cin_g * a.kh * a.kw;
-      std::fill(acc.begin(), acc.end(), bias ? bias[o] : scalar_t(0));
-
-      const int64_t ob = o / g.bo;
-      const int32_t* kept = plan.row(ob);
-      for (int32_t t = 0, count = plan.count(ob); t < count; ++t) {
-        const BlockCoord c = decode_entry(kept[t], g);
-        const IndexRange ir = block_range(c.outer, g.bi, a.cin_g);
-        const IndexRange hr = block_range(c.hb, g.bh, a.kh);
-        const IndexRange wr = block_range(c.wb, g.bw, a.kw);
-        for (int64_t i = ir.begin; i < ir.end; ++i) {
-          const scalar_t* x_plane = x_group + i * in_plane;
-          for (int64_t kh = hr.begin; kh < hr.end; ++kh) {
-            const int64_t row_offset = kh * a.dh - a.ph;
-            const IndexRange rows = valid_outputs(row_offset, a.sh, a.h, a.oh);
-            for (int64_t kw = wr.begin; kw < wr.end; ++kw) {
-              const scalar_t wv = w_filter[(i * a.kh + kh) * a.kw + kw] * scale;
-              const int64_t col_offset = kw * a.dw - a.pw;
-              const IndexRange cols = valid_outputs(col_offset, a.sw, a.w, a.ow);
-              for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
-                // x index of output column ow is x_base + ow * sw (in range for cols)
-                const int64_t x_base = (oh * a.sh + row_offset) * a.w + col_offset;
-                scalar_t* yr = acc.data() + oh * a.ow;
-                if (a.sw == 1) {
-                  for (int64_t ow = cols.begin; ow < cols.end; ++ow) yr[ow] += wv * x_plane[x_base + ow];
-                } else {
-                  for (int64_t ow = cols.begin; ow < cols.end; ++ow)
-                    yr[ow] += wv * x_plane[x_base + ow * a.sw];
-                }
-              }
-            }
-          }
-        }
+  const int64_t filter_size = a.cin_g * a.kh * a.kw;
+  const int64_t pixels = a.n * a.oh * a.ow;
+  const int64_t chunks = ceil_div(pixels, kProductChunk);
+  for (int64_t group = 0; group < a.groups; ++group) {
+    const int64_t o_first = group * cout_g;
+    const SparseRows rows = output_channel_rows(plan, a, group);
+    const std::vector<T> values = gather_kept_values(
+        rows, w, scale, [&](int64_t o, int32_t k) { return (o_first + o) * filter_size + k; });
+    at::parallel_for(0, chunks, grain_for((rows.num_values + filter_size) * kProductChunk),
+                     [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> offsets;
+      std::vector<T> cols(filter_size * kProductChunk), out(cout_g * kProductChunk);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t q0 = chunk * kProductChunk;
+        gather_input_columns<kProductChunk>(x, a, group, q0, cols.data(), offsets);
+        multiply_chunk<kProductChunk>(rows, values.data(), cols.data(), out.data());
+        scatter_rows<kProductChunk>(out.data(), a.cout, a.oh * a.ow, pixels, o_first, cout_g, q0, bias, y);
       }
-      std::copy(acc.begin(), acc.end(), y + task * out_plane);
-    }
-  });
+    });
+  }
 }
 
 }  // namespace

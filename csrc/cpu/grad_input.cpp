@@ -1,6 +1,6 @@
-// grad_input[n, c] = sum over kept weights w[o, c, kh, kw] of w * (grad_output[n, o]
-// scattered back to the input positions it read). Tasks own an input plane, so
-// the scatter needs no atomics; the column plan lists what reaches it.
+// grad-input as a sparse product over chunks of input pixels: for each input
+// channel, the kept weights that touch it (sparse rows built from the column plan)
+// multiply the grad_output values that flowed back through them.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -8,69 +8,42 @@
 
 #include "../conv_args.h"
 #include "checks.h"
+#include "columns.h"
 #include "kernels.h"
 #include "plan.h"
+#include "row_groups.h"
+#include "sparse_rows.h"
 
 namespace rskcnn::cpu {
 namespace {
 
-template <typename scalar_t>
-void grad_input_kernel(const scalar_t* go, const scalar_t* w, const Plan& plan,
-                       const ConvArgs& a, scalar_t scale, scalar_t* gi) {
-  const BlockMaskGeometry& g = a.mask;
+template <typename T>
+void grad_input_kernel(const T* go, const T* w, const Plan& plan, const ConvArgs& a, T scale, T* gi) {
   const int64_t cout_g = a.cout / a.groups;
-  const int64_t in_plane = a.h * a.w;
-  const int64_t out_plane = a.oh * a.ow;
-  const int64_t work = cout_g * a.kh * a.kw * out_plane;
-
-  at::parallel_for(0, a.n * a.cin, grain_for(work), [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc(in_plane);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / a.cin;
-      const int64_t c = task % a.cin;
-      const int64_t group = c / a.cin_g;
-      const int64_t i = c % a.cin_g;
-      const int64_t o_first = group * cout_g;
-      const int64_t o_last = o_first + cout_g;
-      std::fill(acc.begin(), acc.end(), scalar_t(0));
-
-      const int64_t ib = i / g.bi;
-      const int32_t* kept = plan.row(ib);
-      for (int32_t t = 0, count = plan.count(ib); t < count; ++t) {
-        const BlockCoord cell = decode_entry(kept[t], g);
-        const IndexRange orange = block_range(cell.outer, g.bo, a.cout);
-        if (orange.end <= o_first) continue;
-        if (orange.begin >= o_last) break;  // entries are ordered by output block
-        const IndexRange hr = block_range(cell.hb, g.bh, a.kh);
-        const IndexRange wr = block_range(cell.wb, g.bw, a.kw);
-        for (int64_t o = std::max(orange.begin, o_first); o < std::min(orange.end, o_last); ++o) {
-          const scalar_t* go_plane = go + (n * a.cout + o) * out_plane;
-          const scalar_t* w_row = w + (o * a.cin_g + i) * a.kh * a.kw;
-          for (int64_t kh = hr.begin; kh < hr.end; ++kh) {
-            const int64_t row_offset = kh * a.dh - a.ph;
-            const IndexRange rows = valid_outputs(row_offset, a.sh, a.h, a.oh);
-            for (int64_t kw = wr.begin; kw < wr.end; ++kw) {
-              const scalar_t wv = w_row[kh * a.kw + kw] * scale;
-              const int64_t col_offset = kw * a.dw - a.pw;
-              const IndexRange cols = valid_outputs(col_offset, a.sw, a.w, a.ow);
-              for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
-                const int64_t gi_base = (oh * a.sh + row_offset) * a.w + col_offset;
-                const scalar_t* gor = go_plane + oh * a.ow;
-                scalar_t* gi_plane = acc.data();
-                if (a.sw == 1) {
-                  for (int64_t ow = cols.begin; ow < cols.end; ++ow) gi_plane[gi_base + ow] += wv * gor[ow];
-                } else {
-                  for (int64_t ow = cols.begin; ow < cols.end; ++ow)
-                    gi_plane[gi_base + ow * a.sw] += wv * gor[ow];
-                }
-              }
-            }
-          }
-        }
+  const int64_t taps = a.kh * a.kw;
+  const int64_t column_count = cout_g * taps;
+  const int64_t pixels = a.n * a.h * a.w;
+  const int64_t chunks = ceil_div(pixels, kProductChunk);
+  for (int64_t group = 0; group < a.groups; ++group) {
+    const int64_t o_first = group * cout_g;
+    const int64_t c_first = group * a.cin_g;
+    const SparseRows rows = input_channel_rows(plan, a, group);
+    const std::vector<T> values = gather_kept_values(rows, w, scale, [&](int64_t c, int32_t k) {
+      return ((o_first + k / taps) * a.cin_g + c) * taps + k % taps;
+    });
+    at::parallel_for(0, chunks, grain_for((rows.num_values + column_count) * kProductChunk),
+                     [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> offsets;
+      std::vector<T> cols(column_count * kProductChunk), out(a.cin_g * kProductChunk);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t q0 = chunk * kProductChunk;
+        gather_grad_output_columns<kProductChunk>(go, a, group, q0, cols.data(), offsets);
+        multiply_chunk<kProductChunk>(rows, values.data(), cols.data(), out.data());
+        scatter_rows<kProductChunk>(out.data(), a.cin, a.h * a.w, pixels, c_first, a.cin_g, q0,
+                     static_cast<const T*>(nullptr), gi);
       }
-      std::copy(acc.begin(), acc.end(), gi + task * in_plane);
-    }
-  });
+    });
+  }
 }
 
 }  // namespace
