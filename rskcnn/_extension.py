@@ -6,7 +6,6 @@ the C++/CUDA backends report why they are unavailable instead.
 
 from __future__ import annotations
 
-import functools
 import importlib
 
 import torch
@@ -14,9 +13,7 @@ import torch
 REBUILD_HINT = "rebuild it with: pip install --no-build-isolation -e ."
 
 
-@functools.cache
-def load_error() -> str | None:
-    """None when ``rskcnn._C`` is loaded, otherwise why it is not."""
+def _load() -> str | None:
     try:
         build_info = importlib.import_module("rskcnn._build_info")
     except ImportError:
@@ -33,6 +30,15 @@ def load_error() -> str | None:
     return None
 
 
+# Loaded once at import, so that code torch.compile traces only reads a constant.
+_LOAD_ERROR = _load()
+
+
+def load_error() -> str | None:
+    """None when ``rskcnn._C`` is loaded, otherwise why it is not."""
+    return _LOAD_ERROR
+
+
 def has_ops() -> bool:
     return load_error() is None
 
@@ -43,15 +49,20 @@ def require_ops() -> None:
         raise RuntimeError(error)
 
 
+def _build_info(name: str, default):
+    try:
+        return getattr(importlib.import_module("rskcnn._build_info"), name)
+    except ImportError:
+        return default
+
+
+_CUDA_BUILT = _LOAD_ERROR is None and bool(_build_info("CUDA_BUILT", False))
+
+
 def cuda_built() -> bool:
     """Whether the loaded extension contains the CUDA kernels."""
-    if not has_ops():
-        return False
-    return bool(importlib.import_module("rskcnn._build_info").CUDA_BUILT)
+    return _CUDA_BUILT
 
 
 def cuda_build_reason() -> str:
-    try:
-        return importlib.import_module("rskcnn._build_info").CUDA_REASON
-    except ImportError:
-        return "extension not built"
+    return _build_info("CUDA_REASON", "extension not built")

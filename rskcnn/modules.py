@@ -75,8 +75,9 @@ class RSKConv2d(nn.Conv2d):
         self.generator = generator
         self.backend = backend
         # A tensor, so that a schedule changing keep_prob changes data, not code that
-        # torch.compile would have to guard on. Not persistent: the state_dict stays nn.Conv2d's.
-        self.register_buffer("keep_prob_tensor", torch.empty((), dtype=torch.float32, device=device),
+        # torch.compile would have to guard on. float64 so that a float64 layer scales by
+        # exactly keep_prob. Not persistent: the state_dict stays nn.Conv2d's.
+        self.register_buffer("keep_prob_tensor", torch.empty((), dtype=torch.float64, device=device),
                              persistent=False)
         self.keep_prob = keep_prob
 
@@ -89,6 +90,13 @@ class RSKConv2d(nn.Conv2d):
         self._keep_prob = check_keep_prob(value)
         self.keep_drops = self._keep_prob < 1.0
         self.keep_prob_tensor.fill_(self._keep_prob)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.keep_prob_tensor.dtype != torch.float64:  # .half() and co. must not round keep_prob
+            self.keep_prob_tensor = torch.full((), self._keep_prob, dtype=torch.float64,
+                                               device=self.keep_prob_tensor.device)
+        return self
 
     def sample_mask(self) -> torch.Tensor:
         """A fresh bool mask of shape ``ceil(weight.shape / block)``."""

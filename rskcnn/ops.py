@@ -34,7 +34,10 @@ def _output_shape(input_size, weight_size, stride, padding, dilation):
     return (n, cout, oh, ow)
 
 
-def _check_mask(mask, weight_size, block):
+def _check_mask(mask, weight_size, block, device):
+    torch._check(
+        mask.device == device, lambda: f"rskcnn: mask is on {mask.device} but the other tensors are on {device}"
+    )
     expected = tuple(-(-s // b) for s, b in zip(weight_size, block))
     torch._check(mask.dtype == torch.bool, lambda: f"rskcnn: mask must be torch.bool, got {mask.dtype}")
     torch._check(
@@ -45,7 +48,7 @@ def _check_mask(mask, weight_size, block):
 
 @torch.library.register_fake("rskcnn::masked_conv2d")
 def _masked_conv2d_fake(input, weight, mask, bias, stride, padding, dilation, groups, block, scale):
-    _check_mask(mask, weight.shape, block)
+    _check_mask(mask, weight.shape, block, input.device)
     torch._check(input.shape[1] == weight.shape[1] * groups, lambda: "rskcnn: channel mismatch")
     shape = _output_shape(input.shape, weight.shape, stride, padding, dilation)
     return input.new_empty(shape).contiguous(memory_format=output_memory_format(input))
@@ -53,13 +56,13 @@ def _masked_conv2d_fake(input, weight, mask, bias, stride, padding, dilation, gr
 
 @torch.library.register_fake("rskcnn::masked_conv2d_grad_input")
 def _grad_input_fake(grad_output, weight, mask, input_size, stride, padding, dilation, groups, block, scale):
-    _check_mask(mask, weight.shape, block)
+    _check_mask(mask, weight.shape, block, grad_output.device)
     return grad_output.new_empty(input_size).contiguous(memory_format=output_memory_format(grad_output))
 
 
 @torch.library.register_fake("rskcnn::masked_conv2d_grad_weight")
 def _grad_weight_fake(grad_output, input, mask, weight_size, stride, padding, dilation, groups, block, scale):
-    _check_mask(mask, weight_size, block)
+    _check_mask(mask, weight_size, block, grad_output.device)
     return grad_output.new_empty(weight_size)
 
 
