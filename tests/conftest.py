@@ -1,0 +1,211 @@
+"""Shared helpers for the rskcnn tests.
+
+* ``_seed`` (autouse) seeds torch's RNG per test and restores the previous state after.
+* ``ConvConfig`` / ``make_inputs`` build fresh random tensors for one convolution.
+* ``as_layout`` gives channels_last and other non-contiguous views of the same values.
+* ``BACKENDS`` / the ``backend`` fixture: the backends to test on the CPU. Every backend
+  that is registered is listed; one that cannot run here is skipped with its reason
+  (``rskcnn.backends.unavailable_reasons``), so a missing extension never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rskcnn
+from rskcnn import backends as rsk_backends
+
+# --------------------------------------------------------------------------- backends
+
+CPU = torch.device("cpu")
+
+
+def _backend_params() -> list:
+    available = rskcnn.available_backends(CPU)
+    reasons = rsk_backends.unavailable_reasons(CPU)
+    names = list(dict.fromkeys([*available, *rsk_backends.BACKENDS, "cpu"]))
+    params = []
+    for name in names:
+        if name in available:
+            params.append(pytest.param(name, id=name))
+        else:
+            reason = reasons.get(name, f"backend {name!r} is not registered in rskcnn.backends.BACKENDS")
+            params.append(pytest.param(name, id=name, marks=pytest.mark.skip(reason=f"{name}: {reason}")))
+    return params
+
+
+BACKENDS = _backend_params()
+
+
+def cpu_ops_skip_reason() -> str | None:
+    """Why the C++ ops (torch.ops.rskcnn.*) cannot be used here, or None."""
+    if "cpu" in rskcnn.available_backends(CPU):
+        return None
+    return "cpu backend unavailable: " + rsk_backends.unavailable_reasons(CPU).get(
+        "cpu", "not registered in rskcnn.backends.BACKENDS"
+    )
+
+
+# Tests that call the C++ ops directly (gradcheck, opcheck, error messages of the ops).
+requires_cpu_ops = pytest.mark.skipif(cpu_ops_skip_reason() is not None, reason=str(cpu_ops_skip_reason()))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """A per-test seed (stable across runs, different between tests); restores the RNG after."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    yield
+    torch.random.set_rng_state(state)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvConfig:
+    n: int = 2
+    cin: int = 4
+    cout: int = 6
+    h: int = 7
+    w: int = 9
+    kernel: tuple[int, int] = (3, 3)
+    stride: object = 1
+    padding: object = 0
+    dilation: object = 1
+    groups: int = 1
+    bias: bool = True
+    granularity: str = "element"
+    block_size: tuple[int, int] = (4, 2)
+    keep_prob: float = 0.5
+    scale: float = 1.0
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.cout, self.cin // self.groups, *self.kernel)
+
+    @property
+    def block(self) -> tuple[int, int, int, int]:
+        return rskcnn.block_shape(self.granularity, self.weight_shape, self.block_size)
+
+    def conv_kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def output_shape(self) -> tuple[int, int, int, int]:
+        """Computed by torch on the meta device, independently of rskcnn."""
+        x = torch.empty(self.n, self.cin, self.h, self.w, device="meta")
+        w = torch.empty(self.weight_shape, device="meta")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Using padding='same'")
+            return tuple(F.conv2d(x, w, None, **self.conv_kwargs()).shape)
+
+
+@dataclasses.dataclass
+class ConvInputs:
+    input: torch.Tensor
+    weight: torch.Tensor
+    mask: torch.Tensor
+    bias: torch.Tensor | None
+    grad_output: torch.Tensor
+
+
+def make_mask(weight_shape, keep_prob: float, block, *, mixed: bool = True) -> torch.Tensor:
+    """A sampled block mask. With ``mixed`` and ``keep_prob < 1`` the first block is forced kept and
+    the last dropped (when there are two), so both kinds of weight are always exercised."""
+    mask = rskcnn.sample_mask(weight_shape, keep_prob, block)
+    if mixed and keep_prob < 1.0 and mask.numel() >= 2:
+        flat = mask.view(-1)
+        flat[0] = True
+        flat[-1] = False
+    return mask
+
+
+def make_inputs(cfg: ConvConfig, dtype: torch.dtype = torch.float32, *, requires_grad: bool = True,
+                mixed_mask: bool = True) -> ConvInputs:
+    """Fresh ``torch.randn`` input, weight, bias and grad_output, and a sampled mask."""
+    x = torch.randn(cfg.n, cfg.cin, cfg.h, cfg.w, dtype=dtype)
+    w = torch.randn(cfg.weight_shape, dtype=dtype)
+    b = torch.randn(cfg.cout, dtype=dtype) if cfg.bias else None
+    mask = make_mask(cfg.weight_shape, cfg.keep_prob, cfg.block, mixed=mixed_mask)
+    go = torch.randn(cfg.output_shape(), dtype=dtype)
+    if requires_grad:
+        for t in (x, w, b):
+            if t is not None:
+                t.requires_grad_(True)
+    return ConvInputs(x, w, mask, b, go)
+
+
+def leaf_copy(t: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """A detached copy (optionally cast) that requires grad like ``t``."""
+    if t is None:
+        return None
+    out = t.detach().to(dtype or t.dtype).clone()
+    return out.requires_grad_(t.requires_grad)
+
+
+# --------------------------------------------------------------------------- layouts
+
+LAYOUTS = ("contiguous", "channels_last", "permuted", "strided")
+
+
+def as_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as ``t`` in another memory layout (keeps requires_grad for leaves).
+
+    ``channels_last``: NHWC strides. ``permuted``: permute -> contiguous -> permute back with a
+    permutation that is neither NCHW nor NHWC. ``strided``: every other element of a twice
+    as wide buffer along the last dim.
+    """
+    requires_grad = t.requires_grad
+    t = t.detach()
+    if layout == "contiguous":
+        out = t.contiguous()
+    elif layout == "channels_last":
+        assert t.dim() == 4
+        out = t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "permuted":
+        perm = tuple(reversed(range(t.dim())))
+        inverse = [perm.index(d) for d in range(t.dim())]
+        out = t.permute(*perm).contiguous().permute(*inverse)
+    elif layout == "strided":
+        buffer = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        buffer.fill_(float("nan") if t.is_floating_point() else 0)
+        out = buffer[..., ::2]
+        out.copy_(t)
+    else:
+        raise ValueError(layout)
+    assert torch.equal(out, t)
+    return out.requires_grad_(requires_grad) if requires_grad else out
+
+
+# --------------------------------------------------------------------------- tolerances
+
+
+def tolerances(dtype: torch.dtype, reduction: int) -> dict:
+    """rtol/atol for a result that sums ``reduction`` products of O(1) values."""
+    k = max(1, int(reduction))
+    if dtype == torch.float64:
+        return dict(rtol=1e-9, atol=1e-10 * max(1.0, math.sqrt(k)))
+    if dtype == torch.float32:
+        return dict(rtol=1e-4, atol=1e-5 * max(1.0, math.sqrt(k)))
+    return dict(rtol=2e-2, atol=2e-2 * max(1.0, math.sqrt(k)))
+
+
+def assert_close(actual, expected, dtype: torch.dtype, reduction: int, msg: str = "") -> None:
+    torch.testing.assert_close(actual.to(expected.dtype), expected, check_dtype=False,
+                               msg=lambda m: f"{msg}: {m}" if msg else m, **tolerances(dtype, reduction))
