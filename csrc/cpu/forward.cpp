@@ -10,6 +10,7 @@
 #include "../conv_args.h"
 #include "checks.h"
 #include "columns.h"
+#include "compacted.h"
 #include "kernels.h"
 #include "plan.h"
 #include "row_groups.h"
@@ -63,17 +64,22 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
     bias_c = bias->contiguous();
   }
 
-  at::Tensor output = at::empty({a.n, a.cout, a.oh, a.ow}, input.options());
-  if (output.numel() > 0) {
-    const at::Tensor x = input.contiguous();
-    const at::Tensor w = weight.contiguous();
-    const Plan plan = build_row_plan(mask, a.mask);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rskcnn_masked_conv2d_cpu", [&] {
-      forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                               bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                               plan, a, static_cast<scalar_t>(scale),
-                               output.mutable_data_ptr<scalar_t>());
-    });
+  at::Tensor output;
+  if (spans_input_channels(a) && a.n > 0) {
+    output = compacted_forward(input, weight, mask, bias, a, scale);
+  } else {
+    output = at::empty({a.n, a.cout, a.oh, a.ow}, input.options());
+    if (output.numel() > 0) {
+      const at::Tensor x = input.contiguous();
+      const at::Tensor w = weight.contiguous();
+      const Plan plan = build_row_plan(mask, a.mask);
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rskcnn_masked_conv2d_cpu", [&] {
+        forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                 bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+                                 plan, a, static_cast<scalar_t>(scale),
+                                 output.mutable_data_ptr<scalar_t>());
+      });
+    }
   }
   return output.contiguous(follow_memory_format(input));
 }

@@ -9,6 +9,7 @@
 #include "../conv_args.h"
 #include "checks.h"
 #include "columns.h"
+#include "compacted.h"
 #include "kernels.h"
 #include "plan.h"
 #include "row_groups.h"
@@ -62,16 +63,21 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "rskcnn: grad_output must have shape ",
               at::IntArrayRef(expected), ", got ", grad_output.sizes());
 
-  at::Tensor grad_input = at::empty(input_size, grad_output.options());
-  if (grad_input.numel() > 0) {
-    const at::Tensor go = grad_output.contiguous();
-    const at::Tensor w = weight.contiguous();
-    const Plan plan = build_column_plan(mask, a.mask);
-    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rskcnn_masked_conv2d_grad_input_cpu", [&] {
-      grad_input_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                  plan, a, static_cast<scalar_t>(scale),
-                                  grad_input.mutable_data_ptr<scalar_t>());
-    });
+  at::Tensor grad_input;
+  if (spans_input_channels(a) && a.n > 0) {
+    grad_input = compacted_grad_input(grad_output, weight, mask, a, scale);
+  } else {
+    grad_input = at::empty(input_size, grad_output.options());
+    if (grad_input.numel() > 0) {
+      const at::Tensor go = grad_output.contiguous();
+      const at::Tensor w = weight.contiguous();
+      const Plan plan = build_column_plan(mask, a.mask);
+      AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rskcnn_masked_conv2d_grad_input_cpu", [&] {
+        grad_input_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                    plan, a, static_cast<scalar_t>(scale),
+                                    grad_input.mutable_data_ptr<scalar_t>());
+      });
+    }
   }
   return grad_input.contiguous(follow_memory_format(grad_output));
 }

@@ -9,6 +9,7 @@
 #include "../conv_args.h"
 #include "checks.h"
 #include "columns.h"
+#include "compacted.h"
 #include "kernels.h"
 #include "plan.h"
 #include "row_groups.h"
@@ -71,6 +72,9 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "rskcnn: grad_output must have shape ",
               at::IntArrayRef(expected), ", got ", grad_output.sizes());
 
+  if (spans_input_channels(a) && a.n > 0) {
+    return compacted_grad_weight(grad_output, input, mask, a, scale);
+  }
   at::Tensor grad_weight = at::zeros(weight_size, grad_output.options());
   if (grad_weight.numel() > 0 && a.n > 0) {
     const at::Tensor go = grad_output.contiguous();
