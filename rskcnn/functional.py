@@ -77,6 +77,13 @@ def _check_tensors(input, weight, mask, bias, groups: int, block):
             raise TypeError(f"bias must be {input.dtype} on {input.device}, got {bias.dtype} on {bias.device}")
 
 
+def _kept_fraction(mask: torch.Tensor) -> float | None:
+    """The mask's kept fraction where reading it is free: a CPU mask, outside tracing."""
+    if mask.device.type != "cpu" or torch.compiler.is_compiling() or mask.numel() == 0:
+        return None
+    return int(mask.sum()) / mask.numel()
+
+
 def rsk_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -136,6 +143,7 @@ def rsk_conv2d(
         padding=padding if isinstance(padding, tuple) else (0, 0),
         dilation=dilation,
         groups=groups,
+        kept_fraction=_kept_fraction(mask) if backend == "auto" else None,
     )
     chosen = backends.resolve(backend, call)
     output = chosen.conv2d(input, weight, mask, bias, stride, padding, dilation, groups, block, scale)

@@ -61,6 +61,20 @@ def block_shape(
     raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
 
+def granularity_of(block: Sequence[int], weight_shape: Sequence[int]) -> str:
+    """The named granularity a block acts as on a weight shape (``block`` for any other tile)."""
+    bo, bi, bh, bw = check_block(block)
+    _, cin_g, kh, kw = _check_weight_shape(weight_shape)
+    if (bo, bi, bh, bw) == (1, 1, 1, 1):
+        return "element"
+    if bo == 1 and bi >= cin_g:
+        if bh >= kh and bw >= kw:
+            return "filter"
+        if bh == 1 and bw == 1:
+            return "tap"
+    return "block"
+
+
 def mask_shape(weight_shape: Sequence[int], block: Sequence[int]) -> tuple[int, int, int, int]:
     """``ceil(weight_shape / block)``, elementwise."""
     shape = _check_weight_shape(weight_shape)

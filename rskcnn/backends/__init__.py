@@ -51,7 +51,7 @@ def choose(call: ConvCall) -> tuple[Backend, dict[str, list[str]]]:
     """The backend ``auto`` uses for ``call``, and the reasons it passed over the others."""
     skipped: dict[str, list[str]] = {}
     for name in AUTO_PRIORITY.get(call.device.type, DEFAULT_PRIORITY):
-        reasons = BACKENDS[name].not_supported_reasons(call)
+        reasons = BACKENDS[name].auto_skip_reasons(call)
         if not reasons:
             if skipped:
                 logger.debug("rskcnn auto: %s for %s; skipped %s", name, call, skipped)

@@ -23,6 +23,9 @@ class ConvCall:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
+    # Fraction of mask entries kept, where reading it costs no device sync (CPU, eager);
+    # None otherwise. Only auto's speed rules look at it.
+    kept_fraction: float | None = None
 
 
 class Backend:
@@ -37,6 +40,11 @@ class Backend:
         """Why this backend cannot run ``call``; empty when it can."""
         reason = self.unavailable_reason(call.device)
         return [] if reason is None else [reason]
+
+    def auto_skip_reasons(self, call: ConvCall) -> list[str]:
+        """Why ``auto`` should not pick this backend for ``call``: the reasons it cannot,
+        plus any reason it would be slower than the next candidate."""
+        return self.not_supported_reasons(call)
 
     def conv2d(self, input, weight, mask, bias, stride, padding, dilation, groups, block, scale):
         """The masked convolution; ``padding`` is a pair of ints or 'same'/'valid'."""

@@ -5,15 +5,23 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from ..masks import granularity_of
 from .base import Backend, ConvCall
 from .padding import explicit_padding
 
 CPU_DTYPES = (torch.float32, torch.float64)
 
+# auto takes this backend over dense oneDNN only while the mask keeps at most this
+# fraction of the weights: the kept fraction below which a training step (forward,
+# grad-input, grad-weight) measured faster than dense on every layer of
+# `python -m rskcnn bench` (benchmarks/results/cpu-float32.md). Where the fraction is
+# unknown (under torch.compile), auto uses this backend only if the bound is 1.
+FASTER_THAN_DENSE_BELOW = {"filter": 1.0, "tap": 0.0, "block": 0.0, "element": 0.0, "grouped": 0.0}
+
 
 class CpuBackend(Backend):
     name = "cpu"
-    description = "C++ direct sparse convolution (csrc/cpu), at::parallel_for; float32/float64"
+    description = "C++ kernels (csrc/cpu) that visit only kept weights; float32/float64"
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         if device.type != "cpu":
@@ -24,6 +32,21 @@ class CpuBackend(Backend):
         reasons = super().not_supported_reasons(call)
         if call.dtype not in CPU_DTYPES:
             reasons.append(f"dtype {call.dtype} is not float32/float64")
+        return reasons
+
+    def auto_skip_reasons(self, call: ConvCall) -> list[str]:
+        reasons = self.not_supported_reasons(call)
+        if reasons:
+            return reasons
+        # Grouped convolutions never take the compacted oneDNN path of tap and filter.
+        granularity = granularity_of(call.block, call.weight_shape) if call.groups == 1 else "grouped"
+        bound = FASTER_THAN_DENSE_BELOW[granularity]
+        if call.kept_fraction is None and bound < 1.0:
+            reasons.append(f"kept fraction unknown here and dense is faster for {granularity} masks at the measured keep probabilities")
+        elif call.kept_fraction is not None and call.kept_fraction > bound:
+            reasons.append(
+                f"dense oneDNN is faster for {granularity} masks keeping {call.kept_fraction:.2f} > {bound:.2f} of the weights"
+            )
         return reasons
 
     def conv2d(self, input, weight, mask, bias, stride, padding, dilation, groups, block, scale):
