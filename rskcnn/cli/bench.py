@@ -1,0 +1,356 @@
+"""``python -m rskcnn bench``: dense ``F.conv2d``, masked-dense (the paper's way) and every
+available rskcnn backend, per layer, granularity, keep probability and pass, timed in one
+run with ``torch.utils.benchmark``; writes ``{out}/{tag}.json`` and ``{out}/{tag}.md``."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import shlex
+import sys
+import time
+
+import torch
+
+from .layers import LAYERS, QUICK_LAYERS
+from .passes import DENSE, MASKED_DENSE, PASSES
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+FULL = {"keep_probs": (0.25, 0.5, 0.75), "min_run_time": 0.5}
+QUICK = {"keep_probs": (0.5,), "min_run_time": 0.05}
+
+
+def _names(choices):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(choices)}, got {text!r}")
+        return names
+    return parse
+
+
+def _probs(text: str) -> tuple[float, ...]:
+    try:
+        probs = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        probs = ()
+    if not probs or not all(0.0 < p <= 1.0 for p in probs):
+        raise argparse.ArgumentTypeError(f"expected comma-separated keep probabilities in (0, 1], got {text!r}")
+    return probs
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def add_parser(commands) -> None:
+    from rskcnn import GRANULARITIES
+
+    from .info import _pair
+
+    parser = commands.add_parser(
+        "bench",
+        help="time dense, masked-dense and the rskcnn backends",
+        description="Times dense F.conv2d, masked-dense (weight * mask, then dense conv: the paper's way) "
+        "and every available rskcnn backend on the benchmark layers, for each granularity, keep "
+        "probability and pass (forward, grad-input, grad-weight, training step). Dense is measured "
+        "in the same run; results go to {out}/{tag}.json and .md, and the table to stdout.",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one small layer ({', '.join(QUICK_LAYERS)}, smaller batch), p=0.5, "
+                        f"min_run_time {QUICK['min_run_time']} s: under a minute on 2 cores")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last input and weight")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 for fp32 convolutions and matmuls on CUDA (off by default)")
+    parser.add_argument("--threads", type=_positive(int), default=None,
+                        help="torch.set_num_threads (default: torch.get_num_threads())")
+    parser.add_argument("--layers", type=_names(tuple(LAYERS)), default=None,
+                        help=f"comma-separated subset of {', '.join(LAYERS)} (default: all; --quick: "
+                        f"{', '.join(QUICK_LAYERS)})")
+    parser.add_argument("--batch", type=_positive(int), default=None,
+                        help="batch for every layer (default: each layer's own)")
+    parser.add_argument("--granularities", type=_names(GRANULARITIES), default=GRANULARITIES,
+                        help=f"comma-separated subset of {', '.join(GRANULARITIES)} (default: all)")
+    parser.add_argument("--block-size", type=_pair, default=(32, 32), metavar="BO,BI",
+                        help="block size of the 'block' granularity (default: 32,32)")
+    parser.add_argument("--keep-probs", type=_probs, default=None,
+                        help="comma-separated keep probabilities (default: 0.25,0.5,0.75; --quick: 0.5)")
+    parser.add_argument("--passes", type=_names(PASSES), default=PASSES,
+                        help=f"comma-separated subset of {', '.join(PASSES)} (default: all)")
+    parser.add_argument("--backends", type=lambda t: tuple(n.strip() for n in t.split(",") if n.strip()),
+                        default=None,
+                        help=f"comma-separated list of {MASKED_DENSE} and rskcnn backend names "
+                        f"(default: {MASKED_DENSE} and every available backend but reference); "
+                        f"dense is always measured")
+    parser.add_argument("--min-run-time", type=_positive(float), default=None,
+                        help=f"seconds per timing (default: {FULL['min_run_time']}; --quick: {QUICK['min_run_time']})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the masks' generator")
+    parser.add_argument("--out", default="benchmarks/results", help="output folder (default: benchmarks/results)")
+    parser.add_argument("--tag", default=None,
+                        help="output file name without extension (default: {device}-{dtype}"
+                        "[-channels_last][-tf32][-quick])")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default malloc thresholds (by default the bench raises them so that "
+                        "freed buffers are not returned to the OS and page-faulted in again on every call)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.set_defaults(func=run)
+
+
+def resolve_backends(requested, device: torch.device) -> list[str]:
+    """masked-dense plus the rskcnn backends to time; exits with the reasons for an unusable one."""
+    import rskcnn
+    from rskcnn.backends import BACKENDS, unavailable_reasons
+
+    available = [b for b in rskcnn.available_backends(device) if b != "reference"]
+    if requested is None:
+        return [MASKED_DENSE, *available]
+    chosen = []
+    for name in requested:
+        name = MASKED_DENSE if name == "reference" else name
+        if name == DENSE:
+            continue  # always measured
+        if name != MASKED_DENSE and name not in BACKENDS:
+            raise SystemExit(f"rskcnn bench: unknown backend {name!r}; "
+                             f"choose from {MASKED_DENSE}, {', '.join(BACKENDS)}")
+        if name != MASKED_DENSE and name not in available:
+            raise SystemExit(f"rskcnn bench: backend {name!r} is not usable on {device.type}: "
+                             f"{unavailable_reasons(device).get(name)}")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def configure_device(args) -> torch.device:
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("rskcnn bench: --device cuda, but torch.cuda.is_available() is False")
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        return torch.device("cuda", torch.cuda.current_device())
+    if args.tf32:
+        raise SystemExit("rskcnn bench: --tf32 applies to --device cuda only")
+    return torch.device("cpu")
+
+
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
+TRIM_THRESHOLD = 1 << 30
+
+
+def steady_malloc() -> str:
+    """Stops glibc from handing large freed blocks back to the OS, where every call would
+    page-fault its output and scratch buffers in again: on this 2-core VM that alone made dense
+    F.conv2d up to 1.8x slower, by chance and changing in mid-run. Returns what was set."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        ok = libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD) == 1 and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD) == 1
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        return "default (not glibc, or mallopt failed)"
+    return f"glibc mallopt: M_MMAP_THRESHOLD {MMAP_THRESHOLD >> 20} MiB, M_TRIM_THRESHOLD {TRIM_THRESHOLD >> 20} MiB"
+
+
+def default_tag(args) -> str:
+    tag = f"{args.device}-{args.dtype}"
+    if args.channels_last:
+        tag += "-channels_last"
+    if args.tf32:
+        tag += "-tf32"
+    return tag + ("-quick" if args.quick else "")
+
+
+def _import_benchmark():
+    """torch.utils.benchmark, without the CUDA_HOME warning its import logs on CPU-only machines."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        quiet.setLevel(level)
+    return benchmark
+
+
+def measure(fn, threads: int, min_run_time: float, device: torch.device) -> dict:
+    """Median and IQR of ``fn`` after one warm-up call (blocked_autorange warms up again
+    while it sizes its blocks)."""
+    benchmark = _import_benchmark()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    # Timer syncs CUDA around each block when CUDA is available; num_threads must be
+    # given, since Timer otherwise runs with 1 thread.
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return {"median_s": m.median, "iqr_s": m.iqr, "blocks": len(m.times), "calls_per_block": m.number_per_run}
+
+
+def _tensors(layer, batch: int, dtype, device, channels_last: bool, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def randn(shape, scale=1.0):
+        t = (torch.randn(shape, generator=generator) * scale).to(device=device, dtype=dtype)
+        return t.contiguous(memory_format=fmt) if t.dim() == 4 else t
+
+    fan_in = layer.in_channels * layer.kernel**2
+    x = randn(layer.input_shape(batch))
+    w = randn(layer.weight_shape, fan_in**-0.5)
+    b = randn((layer.out_channels,)) if layer.bias else None
+    grad_output = randn((batch, layer.out_channels, layer.out_size, layer.out_size))
+    return x, w, b, grad_output
+
+
+def _supported(backend: str, layer, x, block) -> list[str]:
+    """Why ``backend`` cannot run this layer (empty if it can)."""
+    if backend == MASKED_DENSE:
+        return []
+    from rskcnn.backends import ConvCall, get_backend
+
+    call = ConvCall(device=x.device, dtype=x.dtype, input_shape=tuple(x.shape),
+                    weight_shape=layer.weight_shape, block=block, stride=(layer.stride,) * 2,
+                    padding=(layer.padding,) * 2, dilation=(1, 1), groups=1)
+    return get_backend(backend).not_supported_reasons(call)
+
+
+def _settings(args, device: torch.device, threads: int, backends: list[str], malloc: str) -> dict:
+    from . import report
+
+    defaults = QUICK if args.quick else FULL
+    return {
+        "device": device.type, "dtype": args.dtype,
+        "tf32": bool(args.tf32) if device.type == "cuda" else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
+        "tf32_flags": {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                       "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+        if device.type == "cuda" else None,
+        "memory_format": "channels_last" if args.channels_last else "contiguous (NCHW)",
+        "threads": threads, "malloc": malloc, "quick": args.quick,
+        "min_run_time": args.min_run_time or defaults["min_run_time"], "seed": args.seed,
+        "layers": list(args.layers or (QUICK_LAYERS if args.quick else tuple(LAYERS))),
+        "batch": args.batch, "granularities": list(args.granularities), "block_size": list(args.block_size),
+        "keep_probs": list(args.keep_probs or defaults["keep_probs"]),
+        "passes": [p for p in PASSES if p in args.passes], "backends": [DENSE, *backends],
+        "date": report.now(),
+        "command": "python -m rskcnn " + shlex.join(getattr(args, "argv", None) or ["bench"]),
+    }
+
+
+def _time_layer(layer, batch: int, settings: dict, args, device, timed, result: dict) -> None:
+    """Appends the records of one layer: per (granularity, p), dense, then each (backend, pass)."""
+    from rskcnn import block_shape, expand_mask, sample_mask
+
+    from .passes import backend_conv, dense_conv, make_pass, masked_dense_conv
+
+    passes, backends = settings["passes"], settings["backends"][1:]
+    x, w, b, grad_output = _tensors(layer, batch, DTYPES[args.dtype], device, args.channels_last, args.seed)
+    for granularity in settings["granularities"]:
+        block = block_shape(granularity, layer.weight_shape, tuple(settings["block_size"]))
+        for keep_prob in settings["keep_probs"]:
+            generator = torch.Generator().manual_seed(args.seed)
+            mask = sample_mask(layer.weight_shape, keep_prob, block, generator=generator, device=device)
+            kept = expand_mask(mask, block, layer.weight_shape).float().mean().item()
+            where = {"layer": layer.name, "granularity": granularity, "block": list(block),
+                     "keep_prob": keep_prob, "kept_fraction": round(kept, 4)}
+            # Dense again just before each configuration's timings: on a shared or virtual
+            # machine speed drifts, and a ratio's two medians should be seconds apart.
+            dense = {}
+            for pass_name in passes:
+                conv = dense_conv(layer.stride, layer.padding)
+                dense[pass_name] = timed(f"{layer.name} dense {pass_name}",
+                                         lambda: make_pass(conv, pass_name, x, w, b, grad_output))
+                result["records"].append({**where, "block": None, "kept_fraction": 1.0, "backend": DENSE,
+                                          "pass": pass_name, **dense[pass_name], "ratio": 1.0})
+            for backend in backends:
+                reasons = _supported(backend, layer, x, block)
+                if reasons:
+                    result["skipped"].append({**where, "backend": backend, "reason": "; ".join(reasons)})
+                    timed.skip(len(passes))
+                    continue
+                if backend == MASKED_DENSE:
+                    conv = masked_dense_conv(mask, block, layer.stride, layer.padding)
+                else:
+                    conv = backend_conv(backend, mask, block, layer.stride, layer.padding)
+                for pass_name in passes:
+                    label = f"{layer.name} {granularity} p={keep_prob} {backend} {pass_name}"
+                    try:
+                        timing = timed(label, lambda: make_pass(conv, pass_name, x, w, b, grad_output))
+                    except Exception as error:  # record it, finish the table, exit non-zero
+                        result["errors"].append({**where, "backend": backend, "pass": pass_name,
+                                                 "error": f"{type(error).__name__}: {error}"})
+                        continue
+                    result["records"].append({**where, "backend": backend, "pass": pass_name, **timing,
+                                              "ratio": timing["median_s"] / dense[pass_name]["median_s"]})
+
+
+class _Timed:
+    """Times what a builder returns, with a progress bar on stderr."""
+
+    def __init__(self, total: int, threads: int, min_run_time: float, device, quiet: bool):
+        from tqdm import tqdm
+
+        self.threads, self.min_run_time, self.device = threads, min_run_time, device
+        self.progress = tqdm(total=total, unit="timing", file=sys.stderr, disable=quiet,
+                             dynamic_ncols=True, mininterval=1.0)
+
+    def __call__(self, label: str, build) -> dict:
+        """Times the callable ``build()`` returns; building it (a graph, say) is not timed."""
+        self.progress.set_description(label, refresh=False)
+        try:
+            return measure(build(), self.threads, self.min_run_time, self.device)
+        finally:
+            self.progress.update()
+
+    def skip(self, count: int) -> None:
+        self.progress.update(count)
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import report
+
+    started, counters = time.perf_counter(), report.cpu_counters()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    device = configure_device(args)
+    malloc = "default" if args.default_malloc or device.type != "cpu" else steady_malloc()
+    settings = _settings(args, device, threads, resolve_backends(args.backends, device), malloc)
+    plan = [(LAYERS[name], args.batch or (LAYERS[name].quick_batch if args.quick else LAYERS[name].batch))
+            for name in settings["layers"]]
+    result = {"schema": "rskcnn-bench/1", "machine": report.machine_info(device, threads), "settings": settings,
+              "layers": [layer.to_dict(batch) for layer, batch in plan], "records": [], "skipped": [], "errors": []}
+
+    per_layer = (len(settings["passes"]) * len(settings["granularities"]) * len(settings["keep_probs"])
+                 * len(settings["backends"]))
+    timed = _Timed(per_layer * len(plan), threads, settings["min_run_time"], device, args.no_progress)
+    try:
+        for layer, batch in plan:
+            _time_layer(layer, batch, settings, args, device, timed, result)
+    finally:
+        timed.close()
+
+    result["load_average_end"] = report.load_average()
+    result["others_cpu_share"] = report.others_cpu_share(counters, report.cpu_counters())
+    result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    json_path, md_path = report.write(result, args.out, args.tag or default_tag(args))
+    print(report.markdown(result))
+    print(f"rskcnn bench: wrote {json_path} and {md_path} in {result['elapsed_s']:.0f} s", file=sys.stderr)
+    if result["errors"]:
+        print(f"rskcnn bench: {len(result['errors'])} timings failed; see 'Not measured' above", file=sys.stderr)
+        return 1
+    return 0

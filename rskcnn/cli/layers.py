@@ -1,0 +1,54 @@
+"""The convolutions ``python -m rskcnn bench`` times, each as in the network it comes from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    description: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    size: int  # input height = width
+    batch: int  # batch of the full run
+    quick_batch: int  # batch of --quick
+    stride: int = 1
+    padding: int = 1
+    bias: bool = True
+
+    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, self.in_channels, self.size, self.size)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, self.kernel, self.kernel)
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+
+    def forward_flops(self, batch: int) -> int:
+        """Multiply-adds x 2 of the dense forward; grad-input and grad-weight cost the same."""
+        macs = batch * self.out_channels * self.out_size**2 * self.in_channels * self.kernel**2
+        return 2 * macs
+
+    def to_dict(self, batch: int) -> dict:
+        return {**asdict(self), "batch": batch, "forward_flops": self.forward_flops(batch)}
+
+
+LAYERS: dict[str, Layer] = {
+    layer.name: layer
+    for layer in (
+        Layer("paper", "paper's 6-layer CNN, last conv (64->128 3x3 on 7x7)",
+              64, 128, 3, 7, batch=128, quick_batch=32),
+        Layer("vgg16", "VGG-16 conv5_3 (512->512 3x3 on 14x14)",
+              512, 512, 3, 14, batch=8, quick_batch=2),
+        Layer("resnet18", "ResNet-18 layer4 conv (512->512 3x3 on 7x7, no bias)",
+              512, 512, 3, 7, batch=16, quick_batch=4, bias=False),
+    )
+}
+
+QUICK_LAYERS = ("paper",)

@@ -1,0 +1,71 @@
+"""The timed callables: one convolution (dense, masked-dense or an rskcnn backend) run as
+one pass, with autograd asked for exactly the gradients that pass computes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+PASSES = ("forward", "grad-input", "grad-weight", "step")
+SHORT = {"forward": "fwd", "grad-input": "grad-in", "grad-weight": "grad-w", "step": "step"}
+DENSE = "dense"
+MASKED_DENSE = "masked-dense"
+
+Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def dense_conv(stride: int, padding: int) -> Conv:
+    return lambda x, w, b: F.conv2d(x, w, b, stride, padding)
+
+
+def masked_dense_conv(mask, block, stride: int, padding: int) -> Conv:
+    """The paper's way: weight * mask (the masking is part of the timed work), then dense conv."""
+    from rskcnn.backends import reference_conv2d
+
+    return lambda x, w, b: reference_conv2d(x, w, mask, b, stride, padding, block=block)
+
+
+def backend_conv(name: str, mask, block, stride: int, padding: int) -> Conv:
+    """The public op with an explicit backend, so its per-call overhead is timed too."""
+    from rskcnn.functional import rsk_conv2d
+
+    return lambda x, w, b: rsk_conv2d(x, w, mask, b, stride, padding, block=block, backend=name)
+
+
+def make_pass(conv: Conv, pass_name: str, x, w, b, grad_output) -> Callable[[], object]:
+    """A no-argument callable that runs ``pass_name`` of ``conv`` once.
+
+    forward: no autograd. grad-input / grad-weight: the graph is built once, outside the
+    timing, and each call back-propagates ``grad_output`` to that one tensor only.
+    step: forward, then the gradients of input, weight and bias together.
+    """
+    if pass_name == "forward":
+        def forward():
+            with torch.no_grad():
+                return conv(x, w, b)
+        return forward
+
+    if pass_name in ("grad-input", "grad-weight"):
+        wants_input = pass_name == "grad-input"
+        xg = x.detach().requires_grad_(wants_input)
+        wg = w.detach().requires_grad_(not wants_input)
+        output = conv(xg, wg, b)
+        target = xg if wants_input else wg
+
+        def backward():
+            return torch.autograd.grad(output, target, grad_output, retain_graph=True)
+        return backward
+
+    if pass_name == "step":
+        xg = x.detach().requires_grad_()
+        wg = w.detach().requires_grad_()
+        bg = None if b is None else b.detach().requires_grad_()
+        params = [t for t in (xg, wg, bg) if t is not None]
+
+        def step():
+            return torch.autograd.grad(conv(xg, wg, bg), params, grad_output)
+        return step
+
+    raise ValueError(f"pass must be one of {PASSES}, got {pass_name!r}")

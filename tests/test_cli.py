@@ -1,0 +1,130 @@
+"""``python -m rskcnn info`` and ``python -m rskcnn bench``: exit codes, JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rskcnn
+from rskcnn.__main__ import main
+from rskcnn.backends import BACKENDS
+from rskcnn.cli.passes import DENSE, MASKED_DENSE, PASSES
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rskcnn", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_info_text_names_build_backends_and_auto():
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"torch {torch.__version__}" in out
+    assert "extension rskcnn._C:" in out and "CUDA kernels:" in out and "triton:" in out
+    assert f"threads: {torch.get_num_threads()}" in out
+    for name in BACKENDS:
+        assert name in out
+    assert "auto's choice" in out
+    for granularity in rskcnn.GRANULARITIES:
+        assert granularity in out
+
+
+def test_info_json_lists_every_backend_and_auto_choice(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["torch"] == torch.__version__
+    assert set(info["extension"]) >= {"loaded", "load_error", "built_with_torch", "cuda_built", "cuda_build_reason"}
+    assert set(info["triton"]) == {"version", "reason"}
+    assert info["threads"] == torch.get_num_threads()
+
+    cpu_rows = {row["backend"]: row for row in info["backends"] if row["device"] == "cpu"}
+    assert set(cpu_rows) == set(BACKENDS)
+    for name, row in cpu_rows.items():
+        assert row["usable"] == (name in rskcnn.available_backends("cpu"))
+        assert (row["reason"] is None) == row["usable"]
+
+    auto = [row for row in info["auto"] if row["device"] == "cpu"]
+    seen = {(row["granularity"], row["dtype"]) for row in auto}
+    assert seen >= {(g, d) for g in rskcnn.GRANULARITIES for d in ("float32", "float64", "bfloat16")}
+    for row in auto:
+        assert row["error"] is None
+        assert row["backend"] in rskcnn.available_backends("cpu")
+        # What auto passed over, with reasons: a fallback is never silent.
+        for name, reasons in row["passed_over"].items():
+            assert name in BACKENDS and reasons and all(isinstance(r, str) and r for r in reasons)
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_json_and_markdown(tmp_path):
+    result = run_cli("bench", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    data = json.loads((tmp_path / "cpu-float32-quick.json").read_text())
+    machine, settings = data["machine"], data["settings"]
+    for key in ("cpu_model", "cpu_count", "threads", "torch", "load_average_start"):
+        assert key in machine
+    assert settings["dtype"] == "float32" and settings["device"] == "cpu" and settings["quick"]
+    assert settings["threads"] == machine["threads"] >= 1
+    assert settings["tf32"] is None and settings["memory_format"].startswith("contiguous")
+    assert settings["date"]
+
+    records = data["records"]
+    assert records and not data["errors"]
+    for record in records:
+        assert record["median_s"] > 0 and math.isfinite(record["median_s"])
+        assert record["ratio"] > 0 and math.isfinite(record["ratio"])
+        assert record["iqr_s"] >= 0
+        assert record["pass"] in PASSES
+    expected_backends = {DENSE, MASKED_DENSE} | (set(rskcnn.available_backends("cpu")) - {"reference"})
+    assert {r["backend"] for r in records} == expected_backends
+    for backend in expected_backends:
+        assert {r["pass"] for r in records if r["backend"] == backend} == set(PASSES)
+    assert all(r["ratio"] == 1.0 for r in records if r["backend"] == DENSE)
+    assert {r["granularity"] for r in records} == set(rskcnn.GRANULARITIES)
+
+    markdown = (tmp_path / "cpu-float32-quick.md").read_text()
+    assert f"threads: {settings['threads']}" in markdown
+    assert "dtype: float32" in markdown and "TF32" in markdown and "memory format" in markdown
+    assert "| layer | granularity | p |" in markdown
+    assert markdown.strip() in result.stdout  # the table is printed too
+
+
+def test_bench_subset_and_tag(tmp_path, capsys):
+    code = main(["bench", "--layers", "paper", "--batch", "2", "--granularities", "filter,block",
+                 "--keep-probs", "0.25,1", "--passes", "forward,step", "--backends", "masked-dense",
+                 "--min-run-time", "0.005", "--threads", str(torch.get_num_threads()),
+                 "--no-progress", "--default-malloc", "--out", str(tmp_path), "--tag", "mini"])
+    assert code == 0
+    data = json.loads((tmp_path / "mini.json").read_text())
+    assert (tmp_path / "mini.md").exists()
+    assert data["settings"]["backends"] == [DENSE, MASKED_DENSE]
+    assert data["layers"][0]["batch"] == 2
+    keys = {(r["granularity"], r["keep_prob"], r["pass"]) for r in data["records"] if r["backend"] == MASKED_DENSE}
+    assert keys == {(g, p, s) for g in ("filter", "block") for p in (0.25, 1.0) for s in ("forward", "step")}
+    assert "| paper | filter | 0.25 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [["--keep-probs", "1.5"], ["--granularities", "row"], ["--layers", "nope"],
+                                 ["--passes", "backward"], ["--threads", "0"], ["--dtype", "int8"]])
+def test_bench_rejects_bad_options(bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *bad])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_bench_rejects_unknown_or_unusable_backend(tmp_path):
+    with pytest.raises(SystemExit, match="unknown backend"):
+        main(["bench", "--backends", "nope", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is missing")
+def test_bench_cuda_without_cuda_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="cuda"):
+        main(["bench", "--device", "cuda", "--out", str(tmp_path)])
