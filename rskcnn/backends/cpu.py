@@ -44,12 +44,14 @@ class CpuBackend(Backend):
         # Grouped convolutions never take the compacted oneDNN path of tap and filter.
         granularity = granularity_of(call.block, call.weight_shape) if call.groups == 1 else "grouped"
         bound = FASTER_THAN_DENSE_BELOW[granularity]
-        if call.kept_fraction is None and bound < 1.0:
-            reasons.append(f"kept fraction unknown here and dense is faster for {granularity} masks at the measured keep probabilities")
+        if bound <= 0.0:
+            reasons.append(f"dense oneDNN was faster for {granularity} masks at every measured keep probability")
+        elif call.kept_fraction is None and bound < 1.0:
+            reasons.append(f"kept fraction unread (traced), and dense oneDNN is faster for {granularity} "
+                           f"masks keeping more than {bound:.2f}")
         elif call.kept_fraction is not None and call.kept_fraction > bound:
-            reasons.append(
-                f"dense oneDNN is faster for {granularity} masks keeping {call.kept_fraction:.2f} > {bound:.2f} of the weights"
-            )
+            reasons.append(f"dense oneDNN is faster for {granularity} masks keeping "
+                           f"{call.kept_fraction:.2f} > {bound:.2f} of the weights")
         return reasons
 
     def conv2d(self, input, weight, mask, bias, stride, padding, dilation, groups, block, scale):

@@ -112,6 +112,15 @@ def backend_table() -> list[dict]:
     return rows
 
 
+def _auto_cases(device: torch.device):
+    """(dtype, kept fraction) pairs to show; auto reads the kept fraction of CPU masks
+    in eager mode, and None stands for a mask it cannot read (under torch.compile)."""
+    for dtype in AUTO_DTYPES:
+        kepts = (0.25, 0.5, None) if device.type == "cpu" and dtype == torch.float32 else (None,)
+        for kept in kepts:
+            yield dtype, kept
+
+
 def auto_table(layer_name: str, block_size: tuple[int, int]) -> list[dict]:
     from rskcnn import GRANULARITIES, block_shape
     from rskcnn.backends import ConvCall, choose
@@ -123,14 +132,14 @@ def auto_table(layer_name: str, block_size: tuple[int, int]) -> list[dict]:
     for device in devices():
         for granularity in GRANULARITIES:
             block = block_shape(granularity, layer.weight_shape, block_size)
-            for dtype in AUTO_DTYPES:
+            for dtype, kept in _auto_cases(device):
                 call = ConvCall(
                     device=device, dtype=dtype, input_shape=layer.input_shape(layer.batch),
                     weight_shape=layer.weight_shape, block=block, stride=(layer.stride,) * 2,
-                    padding=(layer.padding,) * 2, dilation=(1, 1), groups=1,
+                    padding=(layer.padding,) * 2, dilation=(1, 1), groups=1, kept_fraction=kept,
                 )
                 row = {"device": device.type, "granularity": granularity, "block": list(block),
-                       "dtype": str(dtype).removeprefix("torch.")}
+                       "dtype": str(dtype).removeprefix("torch."), "kept": kept}
                 try:
                     chosen, skipped = choose(call)
                     row.update(backend=chosen.name, passed_over=skipped, error=None)
@@ -210,8 +219,9 @@ def format_text(info: dict) -> str:
             if r["passed_over"]:
                 chosen += " (fallback)"
                 fallbacks += 1
-        rows.append([r["device"], r["granularity"], r["dtype"], chosen, why])
-    lines.append(_table(["device", "granularity", "dtype", "auto picks", "passed over"], rows))
+        kept = "traced/unread" if r["kept"] is None else f"{r['kept']:.2f}"
+        rows.append([r["device"], r["granularity"], r["dtype"], kept, chosen, why])
+    lines.append(_table(["device", "granularity", "dtype", "kept", "auto picks", "passed over"], rows))
     lines += ["", f"{fallbacks} of {len(info['auto'])} configurations fall back from auto's first choice."]
     return "\n".join(lines)
 
