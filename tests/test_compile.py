@@ -87,27 +87,29 @@ def test_compile_module_eval(scale_mode):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compile_module_train(backend, monkeypatch):
+def test_compile_module_train(backend):
     """Train mode samples the mask with torch.rand inside forward; that must trace in one graph.
     With inductor's fallback_random the compiled draw equals eager's for the same seed."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    m = rskcnn.RSKConv2d(4, 6, (3, 2), stride=(2, 1), padding=1, keep_prob=0.5, granularity="tap",
-                         backend=backend).train()
-    compiled = torch.compile(m, fullgraph=True)
-    x = torch.randn(2, 4, 9, 7)
-    compiled(x)  # compile once outside the seeded region
+    import torch._inductor.config as inductor_config
 
-    results = []
-    for fn in (compiled, m):
-        m.zero_grad()
-        torch.manual_seed(2024)
-        xi = x.clone().requires_grad_()
-        y = fn(xi)
-        y.backward(torch.ones_like(y))
-        results.append((y.detach(), xi.grad, m.weight.grad.clone(), m.bias.grad.clone()))
-    _check_same(*results)
+    with inductor_config.patch(fallback_random=True):
+        m = rskcnn.RSKConv2d(4, 6, (3, 2), stride=(2, 1), padding=1, keep_prob=0.5, granularity="tap",
+                             backend=backend).train()
+        compiled = torch.compile(m, fullgraph=True)
+        x = torch.randn(2, 4, 9, 7)
+        compiled(x)  # compile once outside the seeded region
 
-    torch.manual_seed(1)
-    a = compiled(x)
-    b = compiled(x)
+        results = []
+        for fn in (compiled, m):
+            m.zero_grad()
+            torch.manual_seed(2024)
+            xi = x.clone().requires_grad_()
+            y = fn(xi)
+            y.backward(torch.ones_like(y))
+            results.append((y.detach(), xi.grad, m.weight.grad.clone(), m.bias.grad.clone()))
+        _check_same(*results)
+
+        torch.manual_seed(1)
+        a = compiled(x)
+        b = compiled(x)
     assert not torch.equal(a, b), "compiled train mode must draw a fresh mask each call"
