@@ -15,6 +15,20 @@ namespace rskcnn::cpu {
 // group's first channel (-1: padding or no source) in `offsets`, so the loop over
 // channels is a plain gather.
 
+// cols[c * taps + t][j] = planes[c * plane + offsets[t * Chunk + j]], or 0 where the offset is -1.
+template <int Chunk, typename T>
+void gather_planes(const T* planes, int64_t channels, int64_t plane, int64_t taps,
+                   const int64_t* offsets, T* cols) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* src = planes + c * plane;
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t* off = offsets + t * Chunk;
+      T* row = cols + (c * taps + t) * Chunk;
+      for (int j = 0; j < Chunk; ++j) row[j] = off[j] >= 0 ? src[off[j]] : T(0);
+    }
+  }
+}
+
 // cols[(c * KH + kh) * KW + kw][j] = input value that tap (kh, kw) of output pixel q0 + j
 // reads from channel c of conv group `group` (0 in the padding).
 template <int Chunk, typename T>
@@ -37,14 +51,7 @@ void gather_input_columns(const T* x, const ConvArgs& a, int64_t group, int64_t 
       }
     }
   }
-  for (int64_t c = 0; c < a.cin_g; ++c) {
-    const T* x_plane = x + c * plane;
-    for (int64_t t = 0; t < taps; ++t) {
-      const int64_t* off = offsets.data() + t * Chunk;
-      T* row = cols + (c * taps + t) * Chunk;
-      for (int j = 0; j < Chunk; ++j) row[j] = off[j] >= 0 ? x_plane[off[j]] : T(0);
-    }
-  }
+  gather_planes<Chunk>(x, a.cin_g, plane, taps, offsets.data(), cols);
 }
 
 // cols[(o * KH + kh) * KW + kw][j] = grad_output value that reached input pixel q0 + j
@@ -72,14 +79,7 @@ void gather_grad_output_columns(const T* go, const ConvArgs& a, int64_t group, i
       }
     }
   }
-  for (int64_t o = 0; o < cout_g; ++o) {
-    const T* go_plane = go + o * plane;
-    for (int64_t t = 0; t < taps; ++t) {
-      const int64_t* off = offsets.data() + t * Chunk;
-      T* row = cols + (o * taps + t) * Chunk;
-      for (int j = 0; j < Chunk; ++j) row[j] = off[j] >= 0 ? go_plane[off[j]] : T(0);
-    }
-  }
+  gather_planes<Chunk>(go, cout_g, plane, taps, offsets.data(), cols);
 }
 
 // rows[c][j] = t[n, first_channel + c, pixel] for the chunk's pixels of an
