@@ -72,7 +72,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path):
     assert settings["dtype"] == "float32" and settings["device"] == "cpu" and settings["quick"]
     assert settings["threads"] == machine["threads"] >= 1
     assert settings["tf32"] is None and settings["memory_format"].startswith("contiguous")
-    assert settings["date"]
+    assert settings["date"] and settings["retries"] == 0
 
     records = data["records"]
     assert records and not data["errors"]
@@ -110,8 +110,31 @@ def test_bench_subset_and_tag(tmp_path, capsys):
     assert "| paper | filter | 0.25 |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("shares, attempt, share", [
+    ([0.5, 0.0], 2, 0.0),  # busy, then quiet on its retry
+    ([0.5, 0.4, 0.0], 3, 0.0),  # busy through its retry, quiet on the last try at the end
+    ([0.5, 0.2, 0.3], 2, 0.2),  # busy throughout: the least busy attempt is kept
+])
+def test_bench_times_a_busy_configuration_again(tmp_path, monkeypatch, shares, attempt, share):
+    from rskcnn.cli import timing
+
+    shares = iter(shares)
+    monkeypatch.setattr(timing, "others_cpu_share", lambda start, end: next(shares, 0.0))
+    code = main(["bench", "--layers", "paper", "--batch", "1", "--granularities", "filter", "--keep-probs", "0.5",
+                 "--passes", "forward", "--backends", "masked-dense", "--min-run-time", "0.005", "--retries", "1",
+                 "--no-progress", "--default-malloc", "--out", str(tmp_path), "--tag", "retry"])
+    assert code == 0
+    data = json.loads((tmp_path / "retry.json").read_text())
+    assert len(data["records"]) == 2  # dense and masked-dense, from one attempt only
+    assert all(r["attempt"] == attempt and r["others_cpu_share"] == share for r in data["records"])
+    markdown = (tmp_path / "retry.md").read_text()
+    assert "1 configurations were timed again" in markdown
+    assert ("‡" in markdown.split("## Ratio to dense")[1]) == (share > 0.05)  # busy ratios are marked
+
+
 @pytest.mark.parametrize("bad", [["--keep-probs", "1.5"], ["--granularities", "row"], ["--layers", "nope"],
-                                 ["--passes", "backward"], ["--threads", "0"], ["--dtype", "int8"]])
+                                 ["--passes", "backward"], ["--threads", "0"], ["--dtype", "int8"],
+                                 ["--retries", "-1"], ["--busy-share", "2"]])
 def test_bench_rejects_bad_options(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *bad])

@@ -1,6 +1,8 @@
 """The command-line tools behind ``python -m rskcnn``: ``info`` and ``bench``.
 
-Each module has one job: :mod:`.info` reports backends and ``auto``'s choices,
-:mod:`.layers` names the benchmarked convolutions, :mod:`.passes` builds the timed
-callables, :mod:`.bench` runs the timings and :mod:`.report` writes JSON and Markdown.
+One job per module: :mod:`.info` reports the build, the backends and ``auto``'s choices;
+:mod:`.layers` names the benchmarked convolutions; :mod:`.passes` builds the timed callables;
+:mod:`.sweep` decides what is timed in which order (and times busy configurations again);
+:mod:`.timing` times one callable; :mod:`.report` writes JSON and Markdown; :mod:`.bench`
+parses the options and runs it all.
 """

@@ -5,8 +5,6 @@ run with ``torch.utils.benchmark``; writes ``{out}/{tag}.json`` and ``{out}/{tag
 from __future__ import annotations
 
 import argparse
-import ctypes
-import logging
 import shlex
 import sys
 import time
@@ -15,11 +13,10 @@ import torch
 
 from .layers import LAYERS, QUICK_LAYERS
 from .passes import DENSE, MASKED_DENSE, PASSES
+from .sweep import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}
-FULL = {"keep_probs": (0.25, 0.5, 0.75), "min_run_time": 0.5}
-QUICK = {"keep_probs": (0.5,), "min_run_time": 0.05}
+FULL = {"keep_probs": (0.25, 0.5, 0.75), "min_run_time": 0.5, "retries": 2}
+QUICK = {"keep_probs": (0.5,), "min_run_time": 0.05, "retries": 0}
 
 
 def _names(choices):
@@ -49,6 +46,20 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
     return parse
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
+    return value
 
 
 def add_parser(commands) -> None:
@@ -94,6 +105,12 @@ def add_parser(commands) -> None:
                         f"dense is always measured")
     parser.add_argument("--min-run-time", type=_positive(float), default=None,
                         help=f"seconds per timing (default: {FULL['min_run_time']}; --quick: {QUICK['min_run_time']})")
+    parser.add_argument("--retries", type=_non_negative, default=None,
+                        help="times a configuration is timed again when other processes were busy "
+                        f"(default: {FULL['retries']}; --quick: {QUICK['retries']})")
+    parser.add_argument("--busy-share", type=_share, default=0.05,
+                        help="share of all CPUs that other processes may use while a configuration is timed "
+                        "before it is timed again (default: 0.05; read from /proc/stat)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the masks' generator")
     parser.add_argument("--out", default="benchmarks/results", help="output folder (default: benchmarks/results)")
     parser.add_argument("--tag", default=None,
@@ -143,25 +160,6 @@ def configure_device(args) -> torch.device:
     return torch.device("cpu")
 
 
-MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
-TRIM_THRESHOLD = 1 << 30
-
-
-def steady_malloc() -> str:
-    """Stops glibc from handing large freed blocks back to the OS, where every call would
-    page-fault its output and scratch buffers in again: on this 2-core VM that alone made dense
-    F.conv2d up to 1.8x slower, by chance and changing in mid-run. Returns what was set."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        ok = libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD) == 1 and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD) == 1
-    except (OSError, AttributeError):
-        ok = False
-    if not ok:
-        return "default (not glibc, or mallopt failed)"
-    return f"glibc mallopt: M_MMAP_THRESHOLD {MMAP_THRESHOLD >> 20} MiB, M_TRIM_THRESHOLD {TRIM_THRESHOLD >> 20} MiB"
-
-
 def default_tag(args) -> str:
     tag = f"{args.device}-{args.dtype}"
     if args.channels_last:
@@ -169,60 +167,6 @@ def default_tag(args) -> str:
     if args.tf32:
         tag += "-tf32"
     return tag + ("-quick" if args.quick else "")
-
-
-def _import_benchmark():
-    """torch.utils.benchmark, without the CUDA_HOME warning its import logs on CPU-only machines."""
-    quiet = logging.getLogger("torch.utils.cpp_extension")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        from torch.utils import benchmark
-    finally:
-        quiet.setLevel(level)
-    return benchmark
-
-
-def measure(fn, threads: int, min_run_time: float, device: torch.device) -> dict:
-    """Median and IQR of ``fn`` after one warm-up call (blocked_autorange warms up again
-    while it sizes its blocks)."""
-    benchmark = _import_benchmark()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    # Timer syncs CUDA around each block when CUDA is available; num_threads must be
-    # given, since Timer otherwise runs with 1 thread.
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return {"median_s": m.median, "iqr_s": m.iqr, "blocks": len(m.times), "calls_per_block": m.number_per_run}
-
-
-def _tensors(layer, batch: int, dtype, device, channels_last: bool, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-
-    def randn(shape, scale=1.0):
-        t = (torch.randn(shape, generator=generator) * scale).to(device=device, dtype=dtype)
-        return t.contiguous(memory_format=fmt) if t.dim() == 4 else t
-
-    fan_in = layer.in_channels * layer.kernel**2
-    x = randn(layer.input_shape(batch))
-    w = randn(layer.weight_shape, fan_in**-0.5)
-    b = randn((layer.out_channels,)) if layer.bias else None
-    grad_output = randn((batch, layer.out_channels, layer.out_size, layer.out_size))
-    return x, w, b, grad_output
-
-
-def _supported(backend: str, layer, x, block) -> list[str]:
-    """Why ``backend`` cannot run this layer (empty if it can)."""
-    if backend == MASKED_DENSE:
-        return []
-    from rskcnn.backends import ConvCall, get_backend
-
-    call = ConvCall(device=x.device, dtype=x.dtype, input_shape=tuple(x.shape),
-                    weight_shape=layer.weight_shape, block=block, stride=(layer.stride,) * 2,
-                    padding=(layer.padding,) * 2, dilation=(1, 1), groups=1)
-    return get_backend(backend).not_supported_reasons(call)
 
 
 def _settings(args, device: torch.device, threads: int, backends: list[str], malloc: str) -> dict:
@@ -239,6 +183,7 @@ def _settings(args, device: torch.device, threads: int, backends: list[str], mal
         "memory_format": "channels_last" if args.channels_last else "contiguous (NCHW)",
         "threads": threads, "malloc": malloc, "quick": args.quick,
         "min_run_time": args.min_run_time or defaults["min_run_time"], "seed": args.seed,
+        "retries": defaults["retries"] if args.retries is None else args.retries, "busy_share": args.busy_share,
         "layers": list(args.layers or (QUICK_LAYERS if args.quick else tuple(LAYERS))),
         "batch": args.batch, "granularities": list(args.granularities), "block_size": list(args.block_size),
         "keep_probs": list(args.keep_probs or defaults["keep_probs"]),
@@ -248,82 +193,12 @@ def _settings(args, device: torch.device, threads: int, backends: list[str], mal
     }
 
 
-def _time_layer(layer, batch: int, settings: dict, args, device, timed, result: dict) -> None:
-    """Appends the records of one layer: per (granularity, p), dense, then each (backend, pass)."""
-    from rskcnn import block_shape, expand_mask, sample_mask
-
-    from .passes import backend_conv, dense_conv, make_pass, masked_dense_conv
-
-    passes, backends = settings["passes"], settings["backends"][1:]
-    x, w, b, grad_output = _tensors(layer, batch, DTYPES[args.dtype], device, args.channels_last, args.seed)
-    for granularity in settings["granularities"]:
-        block = block_shape(granularity, layer.weight_shape, tuple(settings["block_size"]))
-        for keep_prob in settings["keep_probs"]:
-            generator = torch.Generator().manual_seed(args.seed)
-            mask = sample_mask(layer.weight_shape, keep_prob, block, generator=generator, device=device)
-            kept = expand_mask(mask, block, layer.weight_shape).float().mean().item()
-            where = {"layer": layer.name, "granularity": granularity, "block": list(block),
-                     "keep_prob": keep_prob, "kept_fraction": round(kept, 4)}
-            # Dense again just before each configuration's timings: on a shared or virtual
-            # machine speed drifts, and a ratio's two medians should be seconds apart.
-            dense = {}
-            for pass_name in passes:
-                conv = dense_conv(layer.stride, layer.padding)
-                dense[pass_name] = timed(f"{layer.name} dense {pass_name}",
-                                         lambda: make_pass(conv, pass_name, x, w, b, grad_output))
-                result["records"].append({**where, "block": None, "kept_fraction": 1.0, "backend": DENSE,
-                                          "pass": pass_name, **dense[pass_name], "ratio": 1.0})
-            for backend in backends:
-                reasons = _supported(backend, layer, x, block)
-                if reasons:
-                    result["skipped"].append({**where, "backend": backend, "reason": "; ".join(reasons)})
-                    timed.skip(len(passes))
-                    continue
-                if backend == MASKED_DENSE:
-                    conv = masked_dense_conv(mask, block, layer.stride, layer.padding)
-                else:
-                    conv = backend_conv(backend, mask, block, layer.stride, layer.padding)
-                for pass_name in passes:
-                    label = f"{layer.name} {granularity} p={keep_prob} {backend} {pass_name}"
-                    try:
-                        timing = timed(label, lambda: make_pass(conv, pass_name, x, w, b, grad_output))
-                    except Exception as error:  # record it, finish the table, exit non-zero
-                        result["errors"].append({**where, "backend": backend, "pass": pass_name,
-                                                 "error": f"{type(error).__name__}: {error}"})
-                        continue
-                    result["records"].append({**where, "backend": backend, "pass": pass_name, **timing,
-                                              "ratio": timing["median_s"] / dense[pass_name]["median_s"]})
-
-
-class _Timed:
-    """Times what a builder returns, with a progress bar on stderr."""
-
-    def __init__(self, total: int, threads: int, min_run_time: float, device, quiet: bool):
-        from tqdm import tqdm
-
-        self.threads, self.min_run_time, self.device = threads, min_run_time, device
-        self.progress = tqdm(total=total, unit="timing", file=sys.stderr, disable=quiet,
-                             dynamic_ncols=True, mininterval=1.0)
-
-    def __call__(self, label: str, build) -> dict:
-        """Times the callable ``build()`` returns; building it (a graph, say) is not timed."""
-        self.progress.set_description(label, refresh=False)
-        try:
-            return measure(build(), self.threads, self.min_run_time, self.device)
-        finally:
-            self.progress.update()
-
-    def skip(self, count: int) -> None:
-        self.progress.update(count)
-
-    def close(self) -> None:
-        self.progress.close()
-
-
 def run(args: argparse.Namespace) -> int:
     from . import report
+    from .sweep import time_all
+    from .timing import Timed, cpu_counters, others_cpu_share, steady_malloc
 
-    started, counters = time.perf_counter(), report.cpu_counters()
+    started, counters = time.perf_counter(), cpu_counters()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -337,15 +212,16 @@ def run(args: argparse.Namespace) -> int:
 
     per_layer = (len(settings["passes"]) * len(settings["granularities"]) * len(settings["keep_probs"])
                  * len(settings["backends"]))
-    timed = _Timed(per_layer * len(plan), threads, settings["min_run_time"], device, args.no_progress)
+    timed = Timed(per_layer * len(plan), threads, settings["min_run_time"], device, args.no_progress)
     try:
-        for layer, batch in plan:
-            _time_layer(layer, batch, settings, args, device, timed, result)
+        for point in time_all(plan, settings, device, timed):
+            for key in ("records", "skipped", "errors"):
+                result[key] += point[key]
     finally:
         timed.close()
 
     result["load_average_end"] = report.load_average()
-    result["others_cpu_share"] = report.others_cpu_share(counters, report.cpu_counters())
+    result["others_cpu_share"] = others_cpu_share(counters, cpu_counters())
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     json_path, md_path = report.write(result, args.out, args.tag or default_tag(args))
     print(report.markdown(result))

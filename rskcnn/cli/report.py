@@ -33,30 +33,6 @@ def load_average() -> list[float] | None:
         return None
 
 
-def cpu_counters() -> tuple[float, float, float] | None:
-    """(all CPUs' time, their busy time, this process's CPU time), in seconds, for
-    :func:`others_cpu_share`; None where /proc/stat is missing."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-        tick = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, AttributeError):
-        return None
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    idle = fields[3] + fields[4]
-    own = os.times()
-    return total / tick, (total - idle) / tick, own.user + own.system
-
-
-def others_cpu_share(start, end) -> float | None:
-    """The share of all CPUs' time that other processes used between two counters: how
-    much the run competed for the cores."""
-    if start is None or end is None or end[0] <= start[0]:
-        return None
-    others = (end[1] - start[1]) - (end[2] - start[2])
-    return round(max(others, 0.0) / (end[0] - start[0]), 3)
-
-
 def machine_info(device: torch.device, threads: int) -> dict:
     import rskcnn
 
@@ -151,6 +127,7 @@ def _header(result: dict) -> list[str]:
         f"{result.get('load_average_end')} at end; other processes used {_share(result.get('others_cpu_share'))} "
         "of the CPUs during the run",
         f"- Command: `{settings['command']}`; malloc: {settings.get('malloc', 'default')}",
+        *_busy_lines(result),
         "",
         "Each number is a median time (torch.utils.benchmark, blocked_autorange after warm-up) divided by "
         "the median of dense `F.conv2d` on the same layer and pass, measured in the same run: lower is "
@@ -162,6 +139,27 @@ def _header(result: dict) -> list[str]:
 
 
 DRIFT = 1.2  # a dense median this far from the layer's usual one marks its ratios
+
+
+def _busy_configs(result: dict) -> tuple[set, set]:
+    """Configurations timed more than once, and those still busy on their last attempt."""
+    retried, busy = set(), set()
+    limit = result["settings"].get("busy_share", 1.0)
+    for r in result["records"]:
+        key = (r["layer"], r["granularity"], r["keep_prob"])
+        if r.get("attempt", 1) > 1:
+            retried.add(key)
+        if (r.get("others_cpu_share") or 0) > limit:
+            busy.add(key)
+    return retried, busy
+
+
+def _busy_lines(result: dict) -> list[str]:
+    retried, busy = _busy_configs(result)
+    if not retried and not busy:
+        return []
+    return [f"- Other processes were busy: {len(retried)} configurations were timed again; {len(busy)} were "
+            f"still busy on their last attempt (marked ‡)"]
 
 
 def _dense_medians(result: dict) -> dict[tuple, float]:
@@ -220,6 +218,7 @@ def _ratio_table(result: dict, passes: list[str]) -> list[str]:
     typical = _typical_dense(dense)
     layer_order = [layer["name"] for layer in result["layers"]]
     granularity_order = settings["granularities"]
+    _, busy = _busy_configs(result)
     rows: dict[tuple, dict] = {}
     for item in result["records"] + result.get("skipped", []) + result.get("errors", []):
         if item["backend"] == DENSE:
@@ -230,7 +229,8 @@ def _ratio_table(result: dict, passes: list[str]) -> list[str]:
             base = dense.get((*key, item["pass"]))
             usual = typical.get((item["layer"], item["pass"]))
             drifted = base is not None and usual and not 1 / DRIFT <= base / usual <= DRIFT
-            row[(item["backend"], item["pass"])] = _ratio(item["ratio"]) + (" †" if drifted else "")
+            marks = (" †" if drifted else "") + (" ‡" if key in busy else "")
+            row[(item["backend"], item["pass"])] = _ratio(item["ratio"]) + marks
     order = sorted(rows, key=lambda k: (layer_order.index(k[0]), granularity_order.index(k[1]), k[2]))
     lines = ["", "## Ratio to dense (median time / dense median time)", "",
              _row(["layer", "granularity", "p", "kept", *(f"{b} {SHORT[p]}" for b, p in columns)]),

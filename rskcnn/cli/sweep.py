@@ -1,0 +1,138 @@
+"""What ``bench`` times, in which order: per layer and (granularity, p), dense first, then
+every (backend, pass); a configuration timed while other processes were busy is timed again."""
+
+from __future__ import annotations
+
+import torch
+
+from .passes import DENSE, MASKED_DENSE
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+
+def _tensors(layer, batch: int, settings: dict, device: torch.device):
+    """Input, weight, bias (or None) and the output gradient, drawn from the seed."""
+    generator = torch.Generator().manual_seed(settings["seed"])
+    dtype = DTYPES[settings["dtype"]]
+    fmt = torch.channels_last if settings["memory_format"] == "channels_last" else torch.contiguous_format
+
+    def randn(shape, scale=1.0):
+        t = (torch.randn(shape, generator=generator) * scale).to(device=device, dtype=dtype)
+        return t.contiguous(memory_format=fmt) if t.dim() == 4 else t
+
+    fan_in = layer.in_channels * layer.kernel**2
+    x = randn(layer.input_shape(batch))
+    w = randn(layer.weight_shape, fan_in**-0.5)
+    b = randn((layer.out_channels,)) if layer.bias else None
+    grad_output = randn((batch, layer.out_channels, layer.out_size, layer.out_size))
+    return x, w, b, grad_output
+
+
+def _supported(backend: str, layer, x, block) -> list[str]:
+    """Why ``backend`` cannot run this layer (empty if it can)."""
+    if backend == MASKED_DENSE:
+        return []
+    from rskcnn.backends import ConvCall, get_backend
+
+    call = ConvCall(device=x.device, dtype=x.dtype, input_shape=tuple(x.shape),
+                    weight_shape=layer.weight_shape, block=block, stride=(layer.stride,) * 2,
+                    padding=(layer.padding,) * 2, dilation=(1, 1), groups=1)
+    return get_backend(backend).not_supported_reasons(call)
+
+
+def _time_config(layer, where: dict, mask, block, tensors, settings: dict, timed) -> dict:
+    """Dense, then each (backend, pass), for one (layer, granularity, p). Returns its records,
+    skips and errors; dense is timed here, seconds before what is divided by it."""
+    from .passes import backend_conv, dense_conv, make_pass, masked_dense_conv
+
+    x, w, b, grad_output = tensors
+    out = {"records": [], "skipped": [], "errors": []}
+    dense = {}
+    for pass_name in settings["passes"]:
+        conv = dense_conv(layer.stride, layer.padding)
+        dense[pass_name] = timed(f"{layer.name} dense {pass_name}",
+                                 lambda: make_pass(conv, pass_name, x, w, b, grad_output))
+        out["records"].append({**where, "block": None, "kept_fraction": 1.0, "backend": DENSE,
+                               "pass": pass_name, **dense[pass_name], "ratio": 1.0})
+    for backend in settings["backends"][1:]:
+        reasons = _supported(backend, layer, x, block)
+        if reasons:
+            out["skipped"].append({**where, "backend": backend, "reason": "; ".join(reasons)})
+            timed.skip(len(settings["passes"]))
+            continue
+        if backend == MASKED_DENSE:
+            conv = masked_dense_conv(mask, block, layer.stride, layer.padding)
+        else:
+            conv = backend_conv(backend, mask, block, layer.stride, layer.padding)
+        for pass_name in settings["passes"]:
+            label = f"{layer.name} {where['granularity']} p={where['keep_prob']} {backend} {pass_name}"
+            try:
+                timing = timed(label, lambda: make_pass(conv, pass_name, x, w, b, grad_output))
+            except Exception as error:  # record it, finish the table, exit non-zero
+                out["errors"].append({**where, "backend": backend, "pass": pass_name,
+                                      "error": f"{type(error).__name__}: {error}"})
+                continue
+            out["records"].append({**where, "backend": backend, "pass": pass_name, **timing,
+                                   "ratio": timing["median_s"] / dense[pass_name]["median_s"]})
+    return out
+
+
+def _time_point(layer, tensors, granularity: str, keep_prob: float, settings: dict, timed,
+                retries: int, attempts_before: int = 0) -> dict:
+    """One (layer, granularity, p), timed again up to ``retries`` times while other processes
+    took more than ``busy_share`` of the CPUs. Its records keep that share and the attempt."""
+    from rskcnn import block_shape, expand_mask, sample_mask
+
+    from .timing import cpu_counters, others_cpu_share
+
+    device = tensors[0].device
+    block = block_shape(granularity, layer.weight_shape, tuple(settings["block_size"]))
+    generator = torch.Generator().manual_seed(settings["seed"])
+    mask = sample_mask(layer.weight_shape, keep_prob, block, generator=generator, device=device)
+    kept = expand_mask(mask, block, layer.weight_shape).float().mean().item()
+    where = {"layer": layer.name, "granularity": granularity, "block": list(block),
+             "keep_prob": keep_prob, "kept_fraction": round(kept, 4)}
+    per_config = len(settings["passes"]) * len(settings["backends"])
+    for attempt in range(attempts_before + 1, attempts_before + retries + 2):
+        counters = cpu_counters()
+        out = _time_config(layer, where, mask, block, tensors, settings, timed)
+        share = others_cpu_share(counters, cpu_counters())
+        busy = share is not None and share > settings["busy_share"]
+        if not busy or attempt > attempts_before + retries:
+            break
+        timed.again(per_config, f"{layer.name} {granularity} p={keep_prob}: other processes used "
+                                f"{share:.0%} of the CPUs; timing it again")
+    for record in out["records"]:
+        record.update(others_cpu_share=share, attempt=attempt)
+    return {**out, "busy": busy, "share": share, "attempts": attempt}
+
+
+def time_all(plan, settings: dict, device: torch.device, timed) -> list[dict]:
+    """Every (layer, granularity, p) in order. Retrying helps against a burst of other work,
+    not a long job: after two configurations in a row that stayed busy, a configuration is
+    retried only once one is quiet again; at the end, those still busy get one more try."""
+    points: dict[tuple, dict] = {}
+    busy: list[tuple] = []
+    busy_in_a_row = 0
+    for index, (layer, batch) in enumerate(plan):
+        tensors = _tensors(layer, batch, settings, device)
+        for granularity in settings["granularities"]:
+            for keep_prob in settings["keep_probs"]:
+                retries = settings["retries"] if busy_in_a_row < 2 else 0
+                out = _time_point(layer, tensors, granularity, keep_prob, settings, timed, retries)
+                busy_in_a_row = busy_in_a_row + 1 if out["busy"] else 0
+                points[(index, granularity, keep_prob)] = out
+                if out["busy"]:
+                    busy.append((index, granularity, keep_prob))
+    if busy and settings["retries"]:
+        per_config = len(settings["passes"]) * len(settings["backends"])
+        timed.again(per_config * len(busy), f"timing the {len(busy)} configurations that stayed busy once more")
+        for index, granularity, keep_prob in busy:
+            layer, batch = plan[index]
+            tensors = _tensors(layer, batch, settings, device)
+            before = points[(index, granularity, keep_prob)]
+            out = _time_point(layer, tensors, granularity, keep_prob, settings, timed, 0, before["attempts"])
+            if out["share"] is not None and out["share"] < before["share"]:
+                points[(index, granularity, keep_prob)] = out
+    return list(points.values())
