@@ -93,14 +93,4 @@ RSKCNN_HOST_DEVICE inline BlockCoord decode_entry(int32_t entry, const BlockMask
   return BlockCoord{e / (g.mh * g.mw), (e / g.mw) % g.mh, e % g.mw};
 }
 
-// Output positions o in [begin, end) with 0 <= o * stride + offset < in_extent.
-RSKCNN_HOST_DEVICE inline IndexRange valid_outputs(
-    int64_t offset, int64_t stride, int64_t in_extent, int64_t out_extent) {
-  const int64_t begin = offset >= 0 ? 0 : ceil_div(-offset, stride);
-  const int64_t limit = in_extent - offset;  // need o * stride < limit
-  int64_t end = limit <= 0 ? 0 : min_i64(out_extent, ceil_div(limit, stride));
-  if (end < begin) end = begin;
-  return IndexRange{begin, end};
-}
-
 }  // namespace rskcnn

@@ -32,7 +32,8 @@ def _padding(padding, stride: tuple[int, int]):
     return _pair(padding, "padding", 0)
 
 
-def _out_extent(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+def conv_out_extent(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output extent of a convolution along one dimension (as F.conv2d computes it)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -125,7 +126,7 @@ def rsk_conv2d(
     pads = (0, 0) if padding == "valid" else padding if padding != "same" else None
     if pads is not None:
         extents = [
-            _out_extent(input.shape[2 + d], weight.shape[2 + d], stride[d], pads[d], dilation[d]) for d in (0, 1)
+            conv_out_extent(input.shape[2 + d], weight.shape[2 + d], stride[d], pads[d], dilation[d]) for d in (0, 1)
         ]
         if min(extents) < 1:
             raise ValueError(

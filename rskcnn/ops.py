@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .functional import conv_out_extent
+
 ops = torch.ops.rskcnn
 
 
@@ -21,15 +23,11 @@ def output_memory_format(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _conv_out_extent(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def _output_shape(input_size, weight_size, stride, padding, dilation):
     n, _, h, w = input_size
     cout, _, kh, kw = weight_size
-    oh = _conv_out_extent(h, kh, stride[0], padding[0], dilation[0])
-    ow = _conv_out_extent(w, kw, stride[1], padding[1], dilation[1])
+    oh = conv_out_extent(h, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_extent(w, kw, stride[1], padding[1], dilation[1])
     torch._check(oh > 0 and ow > 0, lambda: "rskcnn: kernel is larger than the padded input")
     return (n, cout, oh, ow)
 
