@@ -53,7 +53,7 @@ def choose(call: ConvCall) -> tuple[Backend, dict[str, list[str]]]:
     for name in AUTO_PRIORITY.get(call.device.type, DEFAULT_PRIORITY):
         reasons = BACKENDS[name].auto_skip_reasons(call)
         if not reasons:
-            if skipped:
+            if skipped and not torch.compiler.is_compiling():  # Dynamo cannot trace logging
                 logger.debug("rskcnn auto: %s for %s; skipped %s", name, call, skipped)
             return BACKENDS[name], skipped
         skipped[name] = reasons
