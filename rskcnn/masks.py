@@ -82,6 +82,51 @@ def mask_shape(weight_shape: Sequence[int], block: Sequence[int]) -> tuple[int, 
     return tuple(math.ceil(s / b) for s, b in zip(shape, block))  # type: ignore[return-value]
 
 
+_U32 = 0xFFFFFFFF
+
+
+def _mul_u32(x, c: int):
+    """``(x * c) mod 2**32`` for an int or int64 tensor ``x`` in [0, 2**32), in 16-bit halves of ``c`` so no
+    int64 product overflows (signed overflow would differ between eager and compiled code)."""
+    return (x * (c & 0xFFFF) + ((x * (c >> 16)) & 0xFFFF) * 65536) & _U32
+
+
+def _mix_u32(x):
+    """A bijective 32-bit integer hash (two xorshift-multiply rounds, "lowbias32" constants)."""
+    x = x ^ (x >> 16)
+    x = _mul_u32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul_u32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r}")
+    return seed
+
+
+def counter_uniform(shape: Sequence[int], seed: int, step: int | torch.Tensor,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """float32 numbers in [0, 1) of shape ``shape`` that depend only on ``(seed, step, index)``.
+
+    A counter-based generator made of integer tensor ops: it keeps no state (``step`` is the
+    caller's counter, an int or an int64 0-dim tensor), traces under ``torch.compile``
+    without graph breaks, and gives the same numbers on every device, process and rank.
+    Statistically fine for dropout masks; not for cryptography. Resolution 2**-24.
+    """
+    seed = check_seed(seed)
+    step = torch.as_tensor(step, dtype=torch.int64, device=device)
+    if device is None:
+        device = step.device
+    seed_lo, seed_hi = seed & _U32, seed >> 32
+    key_a = _mix_u32((step & _U32) ^ seed_lo)
+    key_b = _mix_u32(key_a ^ ((step >> 32) & _U32) ^ _mix_u32(seed_hi))
+    index = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    bits = _mix_u32(_mix_u32((index & _U32) ^ key_b) ^ key_a ^ (index >> 32))
+    return ((bits >> 8).to(torch.float32) * 2.0**-24).reshape(tuple(shape))
+
+
 def sample_mask(
     weight_shape: Sequence[int],
     keep_prob: float | torch.Tensor,
@@ -89,18 +134,28 @@ def sample_mask(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    seed: int | None = None,
+    step: int | torch.Tensor = 0,
 ) -> torch.Tensor:
     """Draws a bool mask of shape ``mask_shape(weight_shape, block)``, each entry True
     with probability ``keep_prob``.
 
     ``keep_prob`` may be a 0-dim tensor, so a schedule can change it without host sync.
-    The draw happens on the generator's device and is moved to ``device``.
+    The uniform numbers are float32 (never the default dtype, which may be float16), from
+    torch's RNG (``generator``, else the global one; the draw happens on the generator's
+    device and is moved to ``device``) or, with ``seed``, from :func:`counter_uniform` at
+    ``step``, drawn on ``device`` (a pure function of ``(seed, step)``).
     """
     if not isinstance(keep_prob, torch.Tensor) and not 0.0 < float(keep_prob) <= 1.0:
         raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
     shape = mask_shape(weight_shape, block)
-    draw_device = generator.device if generator is not None else device
-    uniform = torch.rand(shape, generator=generator, device=draw_device)
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("sample_mask: pass either generator or seed, not both")
+        uniform = counter_uniform(shape, seed, step, device)
+    else:
+        draw_device = generator.device if generator is not None else device
+        uniform = torch.rand(shape, generator=generator, device=draw_device, dtype=torch.float32)
     if isinstance(keep_prob, torch.Tensor):
         keep_prob = keep_prob.to(uniform.device)
     mask = uniform < keep_prob

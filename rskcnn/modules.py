@@ -8,7 +8,8 @@ from torch import nn
 
 from .backends import BACKEND_NAMES
 from .functional import rsk_conv2d
-from .masks import GRANULARITIES, block_shape, sample_mask
+from . import autocast as _autocast  # noqa: F401  (registers the C++ op's autocast rule)
+from .masks import GRANULARITIES, block_shape, check_seed, sample_mask
 
 SCALE_MODES = ("paper", "inverted")
 
@@ -31,8 +32,23 @@ class RSKConv2d(nn.Conv2d):
 
     The constructor is ``nn.Conv2d``'s plus ``keep_prob``, ``granularity`` (one of
     ``element``, ``tap``, ``filter``, ``block``), ``block_size`` (``(bo, bi)`` for ``block``),
-    ``scale_mode``, ``generator`` (for reproducible masks) and ``backend``.
-    The state_dict is exactly ``nn.Conv2d``'s. Input ``(N, Cin, H, W)``, output ``(N, Cout, OH, OW)``.
+    ``scale_mode``, ``backend`` and one of two sources of reproducible masks:
+
+    * ``generator``: a ``torch.Generator`` the masks are drawn from (eager only: torch.compile
+      cannot trace ``torch.rand(generator=...)``, and raises naming ``mask_seed``).
+    * ``mask_seed``: an int. The mask of the ``k``-th training forward is a pure function of
+      ``(mask_seed, k)`` (:func:`rskcnn.masks.counter_uniform`), so it traces under
+      ``torch.compile(fullgraph=True)``, is the same on every device, and every DDP rank with
+      the same ``mask_seed`` draws the same masks (pass ``seed + rank`` for different ones).
+      ``k`` is the int64 buffer ``mask_step``, which is then in the state_dict, so a
+      checkpoint resumes the mask sequence.
+
+    Without either, masks come from torch's global RNG, so each DDP rank draws its own masks
+    as long as the ranks' RNGs are seeded differently.
+
+    The state_dict is exactly ``nn.Conv2d``'s (plus ``mask_step`` with ``mask_seed``; a
+    plain ``nn.Conv2d`` state_dict still loads strictly).
+    Input ``(N, Cin, H, W)`` or ``(Cin, H, W)``, output ``(N, Cout, OH, OW)`` or ``(Cout, OH, OW)``.
     """
 
     def __init__(
@@ -54,6 +70,7 @@ class RSKConv2d(nn.Conv2d):
         block_size: tuple[int, int] = (32, 32),
         scale_mode: str = "paper",
         generator: torch.Generator | None = None,
+        mask_seed: int | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__(
@@ -68,18 +85,30 @@ class RSKConv2d(nn.Conv2d):
             raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if mask_seed is not None:
+            check_seed(mask_seed, "mask_seed")
+            if generator is not None:
+                raise ValueError("RSKConv2d: pass generator or mask_seed, not both")
         self.granularity = granularity
         self.block_size = tuple(block_size)
         self.block = block_shape(granularity, self.weight.shape, self.block_size)
         self.scale_mode = scale_mode
         self.generator = generator
+        self._mask_seed = mask_seed
         self.backend = backend
         # A tensor, so that a schedule changing keep_prob changes data, not code that
         # torch.compile would have to guard on. float64 so that a float64 layer scales by
         # exactly keep_prob. Not persistent: the state_dict stays nn.Conv2d's.
         self.register_buffer("keep_prob_tensor", torch.empty((), dtype=torch.float64, device=device),
                              persistent=False)
+        # Training forwards so far: the counter of seeded masks (persistent only then).
+        self.register_buffer("mask_step", torch.zeros((), dtype=torch.int64, device=device),
+                             persistent=mask_seed is not None)
         self.keep_prob = keep_prob
+
+    @property
+    def mask_seed(self) -> int | None:
+        return self._mask_seed
 
     @property
     def keep_prob(self) -> float:
@@ -88,7 +117,6 @@ class RSKConv2d(nn.Conv2d):
     @keep_prob.setter
     def keep_prob(self, value: float) -> None:
         self._keep_prob = check_keep_prob(value)
-        self.keep_drops = self._keep_prob < 1.0
         self.keep_prob_tensor.fill_(self._keep_prob)
 
     def _apply(self, fn, recurse=True):
@@ -98,30 +126,69 @@ class RSKConv2d(nn.Conv2d):
                                                device=self.keep_prob_tensor.device)
         return self
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        # A plain nn.Conv2d state_dict has no mask_step; keep the current counter.
+        if prefix + "mask_step" in missing_keys:
+            missing_keys.remove(prefix + "mask_step")
+
     def sample_mask(self) -> torch.Tensor:
-        """A fresh bool mask of shape ``ceil(weight.shape / block)``."""
+        """A fresh bool mask of shape ``ceil(weight.shape / block)``; with ``mask_seed`` the
+        mask of step ``mask_step``, which it then advances."""
+        if self._mask_seed is not None:
+            step = self.mask_step.clone()
+            self.mask_step.add_(1)
+            return sample_mask(self.weight.shape, self.keep_prob_tensor, self.block, seed=self._mask_seed,
+                               step=step, device=self.weight.device)
+        if self.generator is not None and torch.compiler.is_compiling():
+            raise RuntimeError(
+                "RSKConv2d(generator=...) cannot be traced by torch.compile (Dynamo does not support "
+                "torch.rand(generator=...)); use RSKConv2d(mask_seed=<int>) for reproducible masks under "
+                "torch.compile, or leave the generator out"
+            )
         return sample_mask(self.weight.shape, self.keep_prob_tensor, self.block,
                            generator=self.generator, device=self.weight.device)
+
+    def _scaled_weight(self, divide: bool) -> torch.Tensor:
+        """``weight * keep_prob`` (or ``/``), computed in float32 or wider and cast back, so a
+        float16 layer does not round keep_prob to float16 first."""
+        w = self.weight
+        compute = torch.promote_types(w.dtype, torch.float32)
+        p = self.keep_prob_tensor.to(compute)
+        scaled = w.to(compute) / p if divide else w.to(compute) * p
+        return scaled.to(w.dtype)
 
     def eval_weight(self) -> torch.Tensor:
         """The weight of the dense eval-time convolution."""
         if self.scale_mode == "paper":
-            return self.weight * self.keep_prob_tensor.to(self.weight.dtype)
+            return self._scaled_weight(divide=False)
         return self.weight
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.keep_drops:
+        # keep_prob == 1 is nn.Conv2d; eager takes that shortcut. Traced code never reads the
+        # Python float: it runs the general path (an all-true mask, a scale of 1, the same
+        # values), so setting keep_prob, to or from 1 included, never recompiles.
+        if not torch.compiler.is_compiling() and self._keep_prob == 1.0:
+            if self.training and self._mask_seed is not None:
+                self.mask_step.add_(1)  # the seeded sequence stays aligned with compiled runs
             return super().forward(input)
         if not self.training:
             return self._conv_forward(input, self.eval_weight(), self.bias)
-        weight = self.weight
-        if self.scale_mode == "inverted":
-            weight = weight / self.keep_prob_tensor.to(weight.dtype)
+        weight = self._scaled_weight(divide=True) if self.scale_mode == "inverted" else self.weight
+        bias = self.bias
         padding = self.padding
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return rsk_conv2d(input, weight, self.sample_mask(), self.bias, self.stride, padding, self.dilation,
+        if torch.is_autocast_enabled(input.device.type):
+            # The previous layer may hand over autocast's dtype while the weight is float32.
+            # Unify them (to the wider dtype) as F.conv2d accepts mixed ones under autocast;
+            # rsk_conv2d then runs in autocast's dtype (reference) or in float32 with its
+            # output cast to it (the C++ op's rule in rskcnn/autocast.py).
+            input, weight, bias = _autocast.unify_floating_dtypes(input, weight, bias)
+        return rsk_conv2d(input, weight, self.sample_mask(), bias, self.stride, padding, self.dilation,
                           self.groups, block=self.block, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -130,6 +197,8 @@ class RSKConv2d(nn.Conv2d):
             parts.append(f"block_size={self.block_size}")
         if self.scale_mode != "paper":
             parts.append(f"scale_mode={self.scale_mode!r}")
+        if self._mask_seed is not None:
+            parts.append(f"mask_seed={self._mask_seed}")
         if self.backend != "auto":
             parts.append(f"backend={self.backend!r}")
         return ", ".join(parts)
