@@ -22,6 +22,25 @@ CPU_DTYPES = (torch.float32, torch.float64)
 # least one layer.
 FASTER_THAN_DENSE_BELOW = {"filter": 0.45, "tap": 0.0, "block": 0.0, "element": 0.0, "grouped": 0.0}
 
+INT32_MAX = 2**31 - 1
+
+
+def int32_overflow_reasons(call: ConvCall) -> list[str]:
+    """The kernels index plan entries and sparse-row columns with int32 (csrc/block_mask.h,
+    csrc/cpu/sparse_rows.h); every other offset is int64. Those indices stay below a mask
+    row's or column's length and below Cin/groups*KH*KW (forward, grad-weight) or
+    Cout/groups*KH*KW (grad-input)."""
+    cout, cin_g, kh, kw = call.weight_shape
+    mo, mi, mh, mw = (-(-s // b) for s, b in zip(call.weight_shape, call.block))
+    counts = {
+        "Cin/groups*KH*KW": cin_g * kh * kw,
+        "Cout/groups*KH*KW": cout // max(call.groups, 1) * kh * kw,
+        "a mask row (MI*MH*MW blocks)": mi * mh * mw,
+        "a mask column (MO*MH*MW blocks)": mo * mh * mw,
+    }
+    return [f"{name} = {n} overflows the kernels' int32 indices (must be below {INT32_MAX})"
+            for name, n in counts.items() if n >= INT32_MAX]
+
 
 class CpuBackend(Backend):
     name = "cpu"
@@ -36,6 +55,7 @@ class CpuBackend(Backend):
         reasons = super().not_supported_reasons(call)
         if call.dtype not in CPU_DTYPES:
             reasons.append(f"dtype {call.dtype} is not float32/float64")
+        reasons.extend(int32_overflow_reasons(call))
         return reasons
 
     def auto_skip_reasons(self, call: ConvCall) -> list[str]:
