@@ -11,11 +11,14 @@ and a launch can be captured in a CUDA graph. ``_compact`` orders each row as it
 entries (ascending) followed by its dropped ones; kernels read the count from memory and
 loop up to it.
 
-* forward: row = output channel ``o``, entries ``k = (c*KH + kh)*KW + kw``; a program owns
+* forward: row = output channel ``o``, entries ``k = (kh*KW + kw)*Cin_g + c``; a program owns
   ``BLOCK_M`` flattened output pixels ``(n, oh, ow)`` of one row and consumes its list
-  ``BLOCK_K`` entries at a time as a ``[BLOCK_K, BLOCK_M]`` gather.
-* grad-input: row = (input channel, stride phase), entries ``(o_local, kh, kw)``: the
-  transposed mask. With stride ``(sh, sw)`` the input pixels split into ``sh*sw`` phases
+  ``BLOCK_K`` entries at a time as a ``[BLOCK_K, BLOCK_M]`` gather. Along the pixels the
+  gather is contiguous for NCHW (stride 1); the lists are tap-major so that consecutive
+  entries are mostly consecutive channels of one tap, which share cache sectors in
+  channels_last.
+* grad-input: row = (input channel, stride phase), entries ``(kh*KW + kw)*Cout_g + o_local``:
+  the transposed mask. With stride ``(sh, sw)`` the input pixels split into ``sh*sw`` phases
   ``(ih % sh, iw % sw)``; a tap reaches a phase only where ``ih + ph - kh*dh`` is divisible
   by ``sh`` (and likewise along the width), which depends on the phase alone, so each phase's
   list holds only the taps that reach it and no iteration is spent on taps that miss.
@@ -93,9 +96,9 @@ def _element_fwd_kernel(
         emask = e < cnt
         k = tl.load(idx_ptr + row_off + e, mask=emask, other=0)
         w = tl.load(wv_ptr + row_off + e, mask=emask, other=0.0)
-        kw = k % KW
-        kh = (k // KW) % KH
-        c = k // (KW * KH)
+        c = k % CIN_G
+        kw = (k // CIN_G) % KW
+        kh = k // (CIN_G * KW)
         dh = kh * DIL_H
         dw = kw * DIL_W
         ih = ih0[None, :] + dh[:, None]
@@ -150,9 +153,9 @@ def _element_bwi_kernel(
         emask = e < cnt
         j = tl.load(idx_ptr + row_off + e, mask=emask, other=0)
         w = tl.load(wv_ptr + row_off + e, mask=emask, other=0.0)
-        kw = j % KW
-        kh = (j // KW) % KH
-        ol = j // (KW * KH)
+        ol = j % COUT_G
+        kw = (j // COUT_G) % KW
+        kh = j // (COUT_G * KW)
         # exact divisions: the list holds only taps whose numerator the stride divides
         sh_ = (rh + PAD_H - kh * DIL_H) // STRIDE_H
         sw_ = (rw + PAD_W - kw * DIL_W) // STRIDE_W
@@ -190,9 +193,9 @@ def _element_bww_kernel(
     evalid = e < K
     ekept = e < cnt
     k = tl.load(idx_ptr + o.to(tl.int64) * K + e, mask=evalid, other=0)
-    kw = k % KW
-    kh = (k // KW) % KH
-    c = k // (KW * KH)
+    c = k % CIN_G
+    kw = (k // CIN_G) % KW
+    kh = k // (CIN_G * KW)
     dh = kh * DIL_H
     dw = kw * DIL_W
     x_delta = (g * CIN_G + c).to(tl.int64) * sxc + dh * sxh + dw * sxw
@@ -222,7 +225,7 @@ def _element_bww_kernel(
         out_off = o.to(tl.int64) * soo + c * soc + kh * soh + kw * sow
         tl.store(out_ptr + out_off, (res * scale).to(out_ptr.dtype.element_ty), mask=evalid)
     else:
-        # fp32 workspace (splits, COUT, K); torch adds the splits and applies the scale
+        # fp32 workspace (splits, COUT, K), K tap-major; torch adds the splits and applies the scale
         ws_off = (split.to(tl.int64) * COUT + o) * K + k
         tl.store(out_ptr + ws_off, res, mask=evalid)
 
@@ -249,16 +252,20 @@ def _compact(kept_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return order, count, rows
 
 
+def _tap_major(t: torch.Tensor) -> torch.Tensor:
+    """(Cout, Cin_g, KH, KW) -> (Cout, KH*KW*Cin_g): entry ``k = (kh*KW + kw)*Cin_g + c``."""
+    return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
+
+
 def _forward_lists(weight: torch.Tensor, kept: torch.Tensor):
     """Per output channel: kept ``k`` int32 (Cout, K), their weights fp32 (Cout, K), counts, launch order."""
-    cout = weight.shape[0]
-    order, count, rows = _compact(kept.reshape(cout, -1))
-    values = weight.reshape(cout, -1).gather(1, order).to(torch.float32)
+    order, count, rows = _compact(_tap_major(kept))
+    values = _tap_major(weight).gather(1, order).to(torch.float32)
     return order.to(torch.int32), values, count, rows
 
 
 def _transpose_lists(weight, kept, stride, padding, dilation, groups):
-    """Per (input channel, stride phase): kept ``(o_local, kh, kw)`` entries that reach that phase.
+    """Per (input channel, stride phase): kept ``(kh*KW + kw)*Cout_g + o_local`` entries that reach that phase.
 
     Returns idx int32 (Cin*S, L), values fp32 (Cin*S, L), counts, launch order; S = sh*sw,
     L = Cout_g*KH*KW.
@@ -268,16 +275,16 @@ def _transpose_lists(weight, kept, stride, padding, dilation, groups):
     sh, sw = stride
     dev = kept.device
 
-    def transposed(t):  # (Cout, Cin_g, KH, KW) -> (Cin, Cout_g, KH, KW)
-        t = t.reshape(groups, cout_g, cin_g, kh_, kw_).transpose(1, 2)
-        return t.reshape(groups * cin_g, cout_g, kh_, kw_)
+    def transposed(t):  # (Cout, Cin_g, KH, KW) -> (Cin, KH, KW, Cout_g)
+        t = t.reshape(groups, cout_g, cin_g, kh_, kw_).permute(0, 2, 3, 4, 1)
+        return t.reshape(groups * cin_g, kh_, kw_, cout_g)
 
     rh = torch.arange(sh, device=dev)[:, None]
     rw = torch.arange(sw, device=dev)[:, None]
     ok_h = torch.remainder(rh + padding[0] - torch.arange(kh_, device=dev)[None, :] * dilation[0], sh) == 0
     ok_w = torch.remainder(rw + padding[1] - torch.arange(kw_, device=dev)[None, :] * dilation[1], sw) == 0
-    reach = (ok_h[:, None, :, None] & ok_w[None, :, None, :]).reshape(sh * sw, 1, kh_, kw_)
-    kept_t = transposed(kept)[:, None] & reach[None]  # (Cin, S, Cout_g, KH, KW)
+    reach = (ok_h[:, None, :, None] & ok_w[None, :, None, :]).reshape(sh * sw, kh_, kw_, 1)
+    kept_t = transposed(kept)[:, None] & reach[None]  # (Cin, S, KH, KW, Cout_g)
     cin = kept_t.shape[0]
     order, count, rows = _compact(kept_t.reshape(cin * sh * sw, -1))
     w_t = transposed(weight).reshape(cin, 1, -1).expand(cin, sh * sw, -1).reshape(cin * sh * sw, -1)
@@ -424,7 +431,7 @@ def element_grad_weight(grad_output, input, kept, scale, out, stride, padding, d
         out.zero_()
         return
     k_len = cin_g * kh * kw
-    order, count, rows = _compact(kept.reshape(cout, k_len))
+    order, count, rows = _compact(_tap_major(kept))
     idx = order.to(torch.int32)
     chunks = triton.cdiv(k_len, BWW_BLOCK_E)
     if splits is None:
@@ -444,4 +451,4 @@ def element_grad_weight(grad_output, input, kept, scale, out, stride, padding, d
         BLOCK_E=BWW_BLOCK_E, BLOCK_P=BWW_BLOCK_P, num_warps=BWW_WARPS,
     )
     if not direct:
-        out.copy_((target.sum(dim=0) * float(scale)).view(cout, cin_g, kh, kw))
+        out.copy_((target.sum(dim=0) * float(scale)).view(cout, kh, kw, cin_g).permute(0, 3, 1, 2))
