@@ -6,6 +6,7 @@ from .convert import convert, revert
 from .functional import rsk_conv2d
 from .masks import GRANULARITIES, block_shape, expand_mask, mask_shape, sample_mask
 from .modules import RSKConv2d
+from .schedule import KeepProbScheduler
 
 if _extension.has_ops():
     from . import ops  # noqa: F401  (fake kernels and autograd of the C++ ops)
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GRANULARITIES",
+    "KeepProbScheduler",
     "RSKConv2d",
     "available_backends",
     "block_shape",
