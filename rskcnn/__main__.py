@@ -1,4 +1,4 @@
-"""``python -m rskcnn`` (also the ``rskcnn`` console script): ``info`` and ``bench``."""
+"""``python -m rskcnn`` (also the ``rskcnn`` console script): ``info``, ``bench`` and ``train``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import bench, info
+    from .cli import bench, info, train
 
     parser = argparse.ArgumentParser(
         prog="rskcnn",
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info.add_parser(commands)
     bench.add_parser(commands)
+    train.add_parser(commands)
     return parser
 
 
