@@ -128,12 +128,16 @@ def tables(runs: list[dict], authors: dict[str, list[dict]]) -> tuple[str, dict]
                  "RSK filter, keep 1.0 → 0.3 (Y runs)": [h for n, h in authors.items() if n.startswith("Y")]}
         rows = ["| authors' run | runs | epochs | best val acc % | final val acc % | final train−val gap (pp) |",
                 "|---|---|---|---|---|---|"]
-        for kind, histories in kinds.items():
-            if histories:
-                s = summarise(histories)
-                authors_summary[kind] = s
-                rows.append(f"| {kind} | {s['n']} | {','.join(map(str, s['epochs']))} | {_pct(s['best_val_acc'])} "
-                            f"| {_pct(s['final_val_acc'])} | {_pct(s['final_gap'])} |")
+        ours = max(len(r["history"]) for r in runs)
+        # the authors' runs cut at our epoch count too: what they had seen by then
+        cuts = sorted({ours, max(len(h) for h in authors.values())})
+        for cut in cuts:
+            for kind, histories in kinds.items():
+                if histories and min(len(h) for h in histories) >= cut:
+                    s = summarise([h[:cut] for h in histories])
+                    authors_summary[f"{kind}, first {cut} epochs"] = s
+                    rows.append(f"| {kind} | {s['n']} | {cut} | {_pct(s['best_val_acc'])} "
+                                f"| {_pct(s['final_val_acc'])} | {_pct(s['final_gap'])} |")
         text += "\n\nThe authors' Keras logs (Fashion-MNIST, their notebook), summarised the same way:\n\n" + "\n".join(rows)
     return text, {"variants": summary, "authors": authors_summary}
 
@@ -141,11 +145,21 @@ def tables(runs: list[dict], authors: dict[str, list[dict]]) -> tuple[str, dict]
 def mean_curve(histories: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
     epochs = min(len(h) for h in histories)
     xs = list(range(1, epochs + 1))
-    values = [[h[i][key] for h in histories] for i in range(epochs)]
+    values = [[_value(h[i], key) for h in histories] for i in range(epochs)]
     return xs, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
+def _value(row: dict, key: str) -> float:
+    return row["train_acc"] - row["val_acc"] if key == "gap" else row[key]
+
+
+CURVES = (("val_acc", "validation accuracy"), ("val_loss", "validation loss"),
+          ("gap", "train − validation accuracy (overfitting)"))
+
+
 def plot(runs: list[dict], authors: dict[str, list[dict]], out: str, log) -> list[str]:
+    """``val-acc.png``, ``val-loss.png``, ``gap.png`` (the authors' curves on the left where
+    given, ours on the right, same axes) and ``sweep.png`` when keep-sweep runs exist."""
     try:
         import matplotlib
 
@@ -158,40 +172,84 @@ def plot(runs: list[dict], authors: dict[str, list[dict]], out: str, log) -> lis
     for run in runs:
         groups.setdefault(run["variant"], []).append(run["history"])
     names = sorted(groups, key=_order)
+    our_epochs = max(len(h) for hs in groups.values() for h in hs)
+    last_epoch = max([our_epochs] + [len(rows) for rows in authors.values()])
     written = []
     panels = 2 if authors else 1
-    for key, label in (("val_acc", "validation accuracy"), ("val_loss", "validation loss")):
+    for key, label in CURVES:
         fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), sharey=True, squeeze=False)
         ours = axes[0, -1]
+        shown = []
         for name in names:
             xs, mean, low, high = mean_curve(groups[name], key)
             line, = ours.plot(xs, mean, label=f"{name} (n={len(groups[name])})",
                               linestyle="--" if name.startswith(SWEEP_PREFIX) else "-")
             ours.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
-        ours.set_title("rskcnn (PyTorch): mean over seeds, band = min..max")
+            shown += low[2:] + high[2:]
+        ours.set_title("rskcnn (PyTorch): mean over seeds, band = min..max", fontsize=10)
         if authors:
             theirs = axes[0, 0]
             for name, rows in sorted(authors.items()):
-                theirs.plot([r["epoch"] for r in rows], [r[key] for r in rows],
-                            color="tab:blue" if name.startswith("N") else "tab:orange", alpha=0.8,
-                            label=name + (" dense" if name.startswith("N") else " RSK"))
-            theirs.set_title("authors (Keras logs): N = dense, Y = RSK filter 1.0 → 0.3")
+                dense = name.startswith("N")
+                values = [_value(r, key) for r in rows]
+                theirs.plot([r["epoch"] for r in rows], values, color="tab:blue" if dense else "tab:orange",
+                            alpha=0.8, label=name + (" dense" if dense else " RSK"))
+                shown += values[2:]
+            if our_epochs < last_epoch:
+                theirs.axvline(our_epochs, color="grey", linestyle=":", label=f"our last epoch ({our_epochs})")
+            theirs.set_title("authors (Keras logs, 60k images): N = dense, Y = RSK filter 1.0 → 0.3", fontsize=10)
             theirs.legend(fontsize=7)
         for ax in axes[0]:
             ax.set_xlabel("epoch")
+            ax.set_xlim(0.5, last_epoch + 0.5)
             ax.grid(alpha=0.3)
+        if shown:  # the first two epochs would squash the interesting part
+            span = max(shown) - min(shown)
+            axes[0, 0].set_ylim(min(shown) - 0.05 * span, max(shown) + 0.05 * span)
         axes[0, 0].set_ylabel(label)
-        if key == "val_acc":
-            low = min([min(r["val_acc"] for r in h) for hs in groups.values() for h in hs]
-                      + [min(r["val_acc"] for r in rows) for rows in authors.values()])
-            axes[0, 0].set_ylim(max(low, 0.85 if low > 0.85 else low) - 0.005, None)
         ours.legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(out, f"{key.replace('_', '-')}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    sweep = sweep_points(runs)
+    if len(sweep) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (("final_val_acc", "final"), ("best_val_acc", "best")):
+            ps = sorted(sweep)
+            means = [statistics.fmean(sweep[p][key]) for p in ps]
+            ax.plot(ps, means, marker="o", label=f"{label} validation accuracy")
+            for p in ps:
+                ax.scatter([p] * len(sweep[p][key]), sweep[p][key], color="grey", s=8, zorder=3)
+        ax.set_xlabel("keep probability p (1.0 = dense)")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title("keep sweep (RSK filter with the authors' schedule); dots = seeds", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out, "sweep.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
+
+
+def sweep_points(runs: list[dict]) -> dict[float, dict[str, list[float]]]:
+    """{keep p: final and best val acc per run} over the sweep, rsk-schedule (at its keep) and dense (p = 1)."""
+    points: dict[float, dict[str, list[float]]] = {}
+    for run in runs:
+        name = run["variant"]
+        if name == "dense":
+            p = 1.0
+        elif name == "rsk-schedule" or name.startswith(SWEEP_PREFIX):
+            p = run["keep_prob"]
+        else:
+            continue
+        entry = points.setdefault(p, {"final_val_acc": [], "best_val_acc": []})
+        entry["final_val_acc"].append(run["history"][-1]["val_acc"])
+        entry["best_val_acc"].append(max(r["val_acc"] for r in run["history"]))
+    return points
 
 
 def write_report(out: str, authors_logs: str | None = None, plots: bool = True, log=print) -> str:
