@@ -301,3 +301,23 @@ def test_quick_runs_under_two_minutes(tmp_path):
     for name in variants:
         assert f"`{name}`" in results
     assert "digits: 1438 train, 359 validation images (1, 8, 8)" in result.stdout
+
+
+def test_authors_rows_are_cut_at_our_epoch_count():
+    rows = [{"epoch": i + 1, "train_loss": 0.1, "train_acc": 0.9 + 0.01 * i, "val_loss": 0.2, "val_acc": 0.85 + 0.005 * i}
+            for i in range(6)]
+    text, summary = train_report.tables([fake_run("dense", 0, [0.8, 0.82])], {"N1": rows, "Y1": rows})
+    assert "| dense (N runs) | 1 | 2 | 85.50 | 85.50 | 5.50 |" in text  # epoch 2: 0.91 - 0.855
+    assert "| dense (N runs) | 1 | 6 | 87.50 | 87.50 | 7.50 |" in text
+    assert set(summary["authors"]) == {f"{kind}, first {cut} epochs" for cut in (2, 6) for kind in
+                                       ("dense (N runs)", "RSK filter, keep 1.0 → 0.3 (Y runs)")}
+
+
+def test_sweep_points_put_dense_at_one():
+    runs = [fake_run("dense", 0, [0.8, 0.9]), fake_run("rsk-element", 0, [0.7, 0.75]),
+            {**fake_run("rsk-schedule", 0, [0.85, 0.91]), "keep_prob": 0.3},
+            {**fake_run("sweep-0.5", 0, [0.86, 0.84]), "keep_prob": 0.5}]
+    points = train_report.sweep_points(runs)
+    assert points == {1.0: {"final_val_acc": [0.9], "best_val_acc": [0.9]},
+                      0.3: {"final_val_acc": [0.91], "best_val_acc": [0.91]},
+                      0.5: {"final_val_acc": [0.84], "best_val_acc": [0.86]}}
