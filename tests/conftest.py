@@ -6,6 +6,9 @@
 * ``BACKENDS`` / the ``backend`` fixture: the backends to test on the CPU. Every backend
   that is registered is listed; one that cannot run here is skipped with its reason
   (``rskcnn.backends.unavailable_reasons``), so a missing extension never passes silently.
+  Where a backend cannot take a test's ``dtype`` the test is skipped with the backend's reason.
+* Without CUDA, Triton's interpreter is switched on (before anything imports Triton), so the
+  ``triton`` backend runs its kernels on the CPU here, as CI does.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ import math
 import warnings
 import zlib
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import rskcnn
-from rskcnn import backends as rsk_backends
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import rskcnn  # noqa: E402
+from rskcnn import backends as rsk_backends  # noqa: E402
 
 # --------------------------------------------------------------------------- backends
 
@@ -60,6 +68,31 @@ requires_cpu_ops = pytest.mark.skipif(cpu_ops_skip_reason() is not None, reason=
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
     return request.param
+
+
+def dtype_reasons(backend: str, dtype: torch.dtype) -> list[str]:
+    """Why ``backend`` cannot run a CPU convolution in ``dtype`` (empty when it can)."""
+    if backend == "auto":
+        return []
+    call = rsk_backends.ConvCall(device=CPU, dtype=dtype, input_shape=(1, 1, 3, 3), weight_shape=(1, 1, 1, 1),
+                                 block=(1, 1, 1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    return rsk_backends.get_backend(backend).not_supported_reasons(call)
+
+
+def widest_dtype(backend: str) -> torch.dtype:
+    """float64 where the backend takes it, else float32."""
+    return torch.float32 if dtype_reasons(backend, torch.float64) else torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _skip_unsupported_dtype(request):
+    """A test parametrised by ``backend`` and ``dtype`` is skipped, with the backend's reason,
+    where that backend does not take that dtype."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if "backend" in params and "dtype" in params:
+        reasons = dtype_reasons(params["backend"], params["dtype"])
+        if reasons:
+            pytest.skip(f"{params['backend']} does not take {params['dtype']}: {'; '.join(reasons)}")
 
 
 # --------------------------------------------------------------------------- RNG

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 import rskcnn
 from rskcnn.backends import reference_conv2d
 
-from conftest import BACKENDS, LAYOUTS, ConvConfig, as_layout, assert_close, leaf_copy, make_inputs, requires_cpu_ops
+from conftest import (BACKENDS, LAYOUTS, ConvConfig, as_layout, assert_close, leaf_copy, make_inputs, requires_cpu_ops,
+                      widest_dtype)
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -169,7 +170,7 @@ def test_parity_geometry(backend, name, dtype):
 @pytest.mark.parametrize("scale", [2.5, 1 / 3])
 def test_parity_scale(backend, scale):
     cfg = dataclasses.replace(ODD, granularity="tap", scale=scale)
-    check_parity(backend, cfg, torch.float64)
+    check_parity(backend, cfg, widest_dtype(backend))
 
 
 # --------------------------------------------------------------------------- layouts
@@ -188,7 +189,8 @@ def test_parity_input_layout(backend, layout, dtype):
 def test_parity_all_operands_non_contiguous(backend, layout):
     """Input, weight, mask, bias and grad_output all in an unusual layout."""
     cfg = dataclasses.replace(ODD, granularity="block", block_size=(3, 5), keep_prob=0.5)
-    inp = make_inputs(cfg, torch.float64)
+    dtype = widest_dtype(backend)
+    inp = make_inputs(cfg, dtype)
     expected = run_oracle(cfg, inp)
     x, w = as_layout(leaf_copy(inp.input), layout), as_layout(leaf_copy(inp.weight), layout)
     b = as_layout(leaf_copy(inp.bias), "strided") if layout == "strided" else leaf_copy(inp.bias)
@@ -200,7 +202,7 @@ def test_parity_all_operands_non_contiguous(backend, layout):
         assert not b.is_contiguous()
     out = rskcnn.rsk_conv2d(x, w, mask, b, **cfg.conv_kwargs(), block=cfg.block, backend=backend)
     out.backward(go)
-    check_result(Result(out.detach(), x.grad, w.grad, b.grad), expected, cfg, torch.float64, "float64 oracle")
+    check_result(Result(out.detach(), x.grad, w.grad, b.grad), expected, cfg, dtype, "float64 oracle")
 
 
 # --------------------------------------------------------------------------- batch 0 and unbatched

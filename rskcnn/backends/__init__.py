@@ -13,15 +13,17 @@ import torch
 from .base import Backend, ConvCall
 from .cpu import CpuBackend
 from .reference import ReferenceBackend, reference_conv2d
+from .triton import TritonBackend
 
 logger = logging.getLogger("rskcnn")
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend())}
 
 # auto tries these in order and takes the first with no reasons against it;
 # reference accepts everything, so it is always last.
 AUTO_PRIORITY: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu", "reference"),
+    "cuda": ("triton", "reference"),
 }
 DEFAULT_PRIORITY = ("reference",)
 

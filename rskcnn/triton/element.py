@@ -247,7 +247,8 @@ def _compact(kept_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     dropped_rank = torch.cumsum(1 - kept_i, dim=1) - 1 + count[:, None]
     slot = torch.where(kept_rows, kept_rank, dropped_rank).to(torch.int64)
     positions = torch.arange(kept_rows.shape[1], device=kept_rows.device).expand_as(slot)
-    order = torch.empty_like(slot).scatter_(1, slot, positions)
+    # Contiguous whatever the strides of kept_rows: the kernels index the lists as (R, L) row-major.
+    order = torch.empty(slot.shape, dtype=slot.dtype, device=slot.device).scatter_(1, slot, positions)
     rows = torch.argsort(count, descending=True, stable=True).to(torch.int32)
     return order, count, rows
 
@@ -260,7 +261,7 @@ def _tap_major(t: torch.Tensor) -> torch.Tensor:
 def _forward_lists(weight: torch.Tensor, kept: torch.Tensor):
     """Per output channel: kept ``k`` int32 (Cout, K), their weights fp32 (Cout, K), counts, launch order."""
     order, count, rows = _compact(_tap_major(kept))
-    values = _tap_major(weight).gather(1, order).to(torch.float32)
+    values = _tap_major(weight).gather(1, order).to(torch.float32).contiguous()
     return order.to(torch.int32), values, count, rows
 
 
@@ -288,7 +289,7 @@ def _transpose_lists(weight, kept, stride, padding, dilation, groups):
     cin = kept_t.shape[0]
     order, count, rows = _compact(kept_t.reshape(cin * sh * sw, -1))
     w_t = transposed(weight).reshape(cin, 1, -1).expand(cin, sh * sw, -1).reshape(cin * sh * sw, -1)
-    values = w_t.gather(1, order).to(torch.float32)
+    values = w_t.gather(1, order).to(torch.float32).contiguous()
     return order.to(torch.int32), values, count, rows
 
 
