@@ -56,6 +56,8 @@ class CpuBackend(Backend):
         if call.dtype not in CPU_DTYPES:
             reasons.append(f"dtype {call.dtype} is not float32/float64")
         reasons.extend(int32_overflow_reasons(call))
+        if call.weight_shape[1] == 0:  # the C++ kernels read out of bounds (segfault) on such weights
+            reasons.append("weight has Cin/groups = 0 input channels, which the C++ kernels do not handle")
         return reasons
 
     def auto_skip_reasons(self, call: ConvCall) -> list[str]:
