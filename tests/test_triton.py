@@ -313,3 +313,32 @@ def test_compile_fullgraph_on_cuda():
     compiled = torch.compile(layer, fullgraph=True)
     compiled(x).sum().backward()
     assert layer.weight.grad is not None
+
+
+# --------------------------------------------------------------------------- autotuning
+
+
+def test_autotuning_is_off_by_default_and_reads_no_mask(monkeypatch):
+    monkeypatch.delenv(configs.AUTOTUNE_ENV, raising=False)
+    assert not configs.autotuning()
+    assert configs.kept_tenths(torch.ones(3, 1, 1, 1, dtype=torch.bool)) == 0
+
+
+def test_autotune_configs_vary_only_the_free_parameters():
+    """BLOCK_N/BLOCK_K of forward and grad-input shape the step lists, so autotuning must not touch them."""
+    for free in ("BLOCK_M", "BLOCK_K"):
+        cfgs = configs.autotune_configs(free)
+        assert len(cfgs) >= 6
+        assert all(set(c.kwargs) == {free} for c in cfgs)
+    assert "KEPT_TENTHS" in configs.AUTOTUNE_KEY and "COUT_G" in configs.AUTOTUNE_KEY
+
+
+@requires_cuda
+def test_autotuned_kernels_match_reference(monkeypatch):
+    monkeypatch.setenv(configs.AUTOTUNE_ENV, "1")
+    cfg = dataclasses.replace(WIDE, granularity="block", keep_prob=0.5)
+    inp = make_inputs(cfg, torch.float32)
+    want, _ = _grads("reference", cfg, inp, torch.float64)
+    got, _ = _grads("triton", cfg, inp, torch.float16)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=2e-2, atol=5e-2)

@@ -11,6 +11,7 @@ and warps/stages are free, and are what opt-in autotuning varies.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -65,3 +66,48 @@ def grad_weight_tiles(block, weight_shape, dtype) -> Tiles:
     """block_m: output channels; block_n: input channels; block_k: pixels."""
     tile_o, tile_i = _channel_tiles(block, weight_shape, dtype)
     return Tiles(tile_o, tile_i, 64)
+
+
+# --------------------------------------------------------------------------- opt-in autotuning
+
+# Off by default, so results and timings are reproducible. With RSKCNN_TRITON_AUTOTUNE=1 the
+# free parameters (pixel tile, warps, stages) are tuned per key: the shape and the kept
+# fraction in tenths. Reading the kept fraction waits for the GPU once per call, so
+# autotuning does not belong in a CUDA-graph capture.
+AUTOTUNE_ENV = "RSKCNN_TRITON_AUTOTUNE"
+AUTOTUNE_KEY = ["N", "H", "W", "OH", "OW", "CIN_G", "COUT_G", "KW", "STRIDE_H", "STRIDE_W", "KEPT_TENTHS"]
+_FREE_VALUES = {"BLOCK_M": (64, 128, 256), "BLOCK_K": (32, 64, 128)}
+_AUTOTUNED: dict = {}
+
+
+def autotuning() -> bool:
+    from . import interpreting
+
+    return os.environ.get(AUTOTUNE_ENV) == "1" and not interpreting()
+
+
+def autotune_configs(free: str) -> list:
+    """The configs autotuning tries: ``free`` (the pixel tile) x warps x stages."""
+    import triton
+
+    return [triton.Config({free: value}, num_warps=warps, num_stages=stages)
+            for value in _FREE_VALUES[free] for warps in (4, 8) for stages in (2, 3, 4)]
+
+
+def autotuned(kernel, free: str):
+    """``kernel`` wrapped in ``triton.autotune`` over :func:`autotune_configs` (built once)."""
+    import triton
+
+    if kernel not in _AUTOTUNED:
+        _AUTOTUNED[kernel] = triton.autotune(configs=autotune_configs(free), key=AUTOTUNE_KEY)(kernel)
+    return _AUTOTUNED[kernel]
+
+
+def kept_tenths(mask: torch.Tensor) -> int:
+    """The autotuning key's kept fraction, in tenths; 0 when not autotuning (no sync then),
+    -1 while torch.compile traces."""
+    if not autotuning():
+        return 0
+    if torch.compiler.is_compiling():
+        return -1
+    return int(mask.float().mean().item() * 10)

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
 
@@ -17,7 +18,7 @@ def _forward_kernel(
     N, H, W, OH, OW, CIN_G, COUT_G, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     sx_n, sx_c, sx_h, sx_w, sw_o, sw_c, sw_h, sw_w, sy_n, sy_c, sy_h, sy_w,
-    N_TILES, N_CHUNKS, MAX_STEPS,
+    N_TILES, N_CHUNKS, MAX_STEPS, KEPT_TENTHS,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -62,19 +63,26 @@ def _forward_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=pixel_ok[:, None] & col_ok[None, :])
 
 
-def launch_forward(x, w, bias, y, order, steps, counts, geo: ConvGeometry, tiles: Tiles, precision: str) -> None:
+def launch_forward(x, w, bias, y, order, steps, counts, geo: ConvGeometry, tiles: Tiles, precision: str,
+                   kept_tenths: int = 0) -> None:
     """``y (N, Cout, OH, OW)`` from ``x (N, Cin, H, W)`` and the masked, scaled ``w (Cout, Cin_g, KH, KW)``;
     ``order``/``steps``/``counts`` from :mod:`rskcnn.triton.plans` with the same tiles."""
     n_tiles = triton.cdiv(geo.cout_g, tiles.block_n)
-    grid = (triton.cdiv(geo.n * geo.oh * geo.ow, tiles.block_m), geo.groups * n_tiles)
-    wrap_triton(_forward_kernel)[grid](
-        x, w, bias.contiguous() if bias is not None else y, y, order, steps, counts,
+    pixels = geo.n * geo.oh * geo.ow
+    args = dict(
         **geo.conv_args(),
         sx_n=x.stride(0), sx_c=x.stride(1), sx_h=x.stride(2), sx_w=x.stride(3),
         sw_o=w.stride(0), sw_c=w.stride(1), sw_h=w.stride(2), sw_w=w.stride(3),
         sy_n=y.stride(0), sy_c=y.stride(1), sy_h=y.stride(2), sy_w=y.stride(3),
         N_TILES=n_tiles, N_CHUNKS=triton.cdiv(geo.cin_g, tiles.block_k), MAX_STEPS=steps.shape[1],
-        HAS_BIAS=bias is not None, PRECISION=precision,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        KEPT_TENTHS=kept_tenths, HAS_BIAS=bias is not None, PRECISION=precision,
+        BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
     )
+    tensors = (x, w, bias.contiguous() if bias is not None else y, y, order, steps, counts)
+    if configs.autotuning():
+        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), geo.groups * n_tiles)  # noqa: E731
+        wrap_triton(configs.autotuned(_forward_kernel, "BLOCK_M"))[grid](*tensors, **args)
+        return
+    grid = (triton.cdiv(pixels, tiles.block_m), geo.groups * n_tiles)
+    wrap_triton(_forward_kernel)[grid](*tensors, **args, BLOCK_M=tiles.block_m, num_warps=tiles.num_warps,
+                                       num_stages=tiles.num_stages)

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
 
@@ -19,7 +20,7 @@ def _grad_input_kernel(
     N, H, W, OH, OW, CIN_G, COUT_G, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     sd_n, sd_c, sd_h, sd_w, sw_o, sw_c, sw_h, sw_w, sx_n, sx_c, sx_h, sx_w,
-    N_TILES, N_CHUNKS, MAX_STEPS,
+    N_TILES, N_CHUNKS, MAX_STEPS, KEPT_TENTHS,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -67,19 +68,25 @@ def _grad_input_kernel(
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=pixel_ok[:, None] & cin_ok[None, :])
 
 
-def launch_grad_input(dy, w, dx, order, steps, counts, geo: ConvGeometry, tiles: Tiles, precision: str) -> None:
+def launch_grad_input(dy, w, dx, order, steps, counts, geo: ConvGeometry, tiles: Tiles, precision: str,
+                      kept_tenths: int = 0) -> None:
     """``dx (N, Cin, H, W)`` from ``dy (N, Cout, OH, OW)`` and the masked, scaled ``w``; every
     element of ``dx`` is written."""
     n_tiles = triton.cdiv(geo.cin_g, tiles.block_n)
-    grid = (triton.cdiv(geo.n * geo.h * geo.w, tiles.block_m), geo.groups * n_tiles)
-    wrap_triton(_grad_input_kernel)[grid](
-        dy, w, dx, order, steps, counts,
+    pixels = geo.n * geo.h * geo.w
+    args = dict(
         **geo.conv_args(),
         sd_n=dy.stride(0), sd_c=dy.stride(1), sd_h=dy.stride(2), sd_w=dy.stride(3),
         sw_o=w.stride(0), sw_c=w.stride(1), sw_h=w.stride(2), sw_w=w.stride(3),
         sx_n=dx.stride(0), sx_c=dx.stride(1), sx_h=dx.stride(2), sx_w=dx.stride(3),
         N_TILES=n_tiles, N_CHUNKS=triton.cdiv(geo.cout_g, tiles.block_k), MAX_STEPS=steps.shape[1],
-        PRECISION=precision,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        KEPT_TENTHS=kept_tenths, PRECISION=precision, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
     )
+    tensors = (dy, w, dx, order, steps, counts)
+    if configs.autotuning():
+        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), geo.groups * n_tiles)  # noqa: E731
+        wrap_triton(configs.autotuned(_grad_input_kernel, "BLOCK_M"))[grid](*tensors, **args)
+        return
+    grid = (triton.cdiv(pixels, tiles.block_m), geo.groups * n_tiles)
+    wrap_triton(_grad_input_kernel)[grid](*tensors, **args, BLOCK_M=tiles.block_m, num_warps=tiles.num_warps,
+                                          num_stages=tiles.num_stages)

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
 
@@ -19,7 +20,7 @@ def _grad_weight_kernel(
     N, H, W, OH, OW, CIN_G, COUT_G, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w, sk_o, sk_c, sk_h, sk_w, sg_o, sg_c, sg_h, sg_w,
-    O_TILES, C_TILES, TAPS,
+    O_TILES, C_TILES, TAPS, KEPT_TENTHS,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -65,20 +66,22 @@ def _grad_weight_kernel(
 
 
 def launch_grad_weight(dy, x, kept, dw, order, tiles_kept, scale: float, geo: ConvGeometry, tiles: Tiles,
-                       precision: str) -> None:
+                       precision: str, kept_tenths: int = 0) -> None:
     """``dw (Cout, Cin_g, KH, KW)`` from ``dy (N, Cout, OH, OW)`` and ``x (N, Cin, H, W)``; ``kept`` is
     the expanded mask as uint8, ``tiles_kept`` from :func:`plans.grad_weight_tiles`."""
-    o_tiles, c_tiles = tiles_kept.shape[1], tiles_kept.shape[2]
-    grid = (tiles_kept.numel(),)
-    wrap_triton(_grad_weight_kernel)[grid](
-        dy, x, kept, dw, order, tiles_kept, scale,
+    args = dict(
         **geo.conv_args(),
         sd_n=dy.stride(0), sd_c=dy.stride(1), sd_h=dy.stride(2), sd_w=dy.stride(3),
         sx_n=x.stride(0), sx_c=x.stride(1), sx_h=x.stride(2), sx_w=x.stride(3),
         sk_o=kept.stride(0), sk_c=kept.stride(1), sk_h=kept.stride(2), sk_w=kept.stride(3),
         sg_o=dw.stride(0), sg_c=dw.stride(1), sg_h=dw.stride(2), sg_w=dw.stride(3),
-        O_TILES=o_tiles, C_TILES=c_tiles, TAPS=geo.taps,
-        PRECISION=precision,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        O_TILES=tiles_kept.shape[1], C_TILES=tiles_kept.shape[2], TAPS=geo.taps, KEPT_TENTHS=kept_tenths,
+        PRECISION=precision, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
     )
+    tensors = (dy, x, kept, dw, order, tiles_kept, scale)
+    grid = (tiles_kept.numel(),)
+    if configs.autotuning():
+        wrap_triton(configs.autotuned(_grad_weight_kernel, "BLOCK_K"))[grid](*tensors, **args)
+        return
+    wrap_triton(_grad_weight_kernel)[grid](*tensors, **args, BLOCK_K=tiles.block_k, num_warps=tiles.num_warps,
+                                           num_stages=tiles.num_stages)

@@ -64,7 +64,7 @@ def triton_conv2d(
     order = plans.channel_order(kept, groups)
     steps, counts = plans.forward_steps(plans.grouped_kept(kept, order, groups), tiles.block_n, tiles.block_k)
     launch_forward(input, masked, bias, out, order, steps, counts, geo, tiles,
-                   dot_precision(input.dtype, input.device))
+                   dot_precision(input.dtype, input.device), configs.kept_tenths(mask))
     return out
 
 
@@ -89,7 +89,7 @@ def triton_conv2d_grad_input(
     order = plans.channel_order(kept, groups)
     steps, counts = plans.grad_input_steps(plans.grouped_kept(kept, order, groups), tiles.block_n, tiles.block_k)
     launch_grad_input(grad_output, masked, out, order, steps, counts, geo, tiles,
-                      dot_precision(grad_output.dtype, grad_output.device))
+                      dot_precision(grad_output.dtype, grad_output.device), configs.kept_tenths(mask))
     return out
 
 
@@ -114,7 +114,7 @@ def triton_conv2d_grad_weight(
     order = plans.channel_order(kept, groups)
     tiles_kept = plans.grad_weight_tiles(plans.grouped_kept(kept, order, groups), tiles.block_m, tiles.block_n)
     launch_grad_weight(grad_output, input, kept.to(torch.uint8), out, order, tiles_kept, float(scale), geo, tiles,
-                       dot_precision(grad_output.dtype, grad_output.device))
+                       dot_precision(grad_output.dtype, grad_output.device), configs.kept_tenths(mask))
     return out
 
 
