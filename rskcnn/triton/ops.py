@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..autocast import register_autocast_rule
 from ..masks import expand_mask, granularity_of
 from ..op_rules import OpTrio, output_memory_format, output_shape, register_autograd, register_fakes
 from . import configs, element, interpreting, plans
@@ -121,3 +122,7 @@ def triton_conv2d_grad_weight(
 if interpreting():
     register_fakes(TRITON_OPS)
 register_autograd(TRITON_OPS)
+# Under torch.autocast the forward returns autocast's dtype, as nn.Conv2d does (rskcnn/autocast.py);
+# it runs in float16/bfloat16 where the kernels do, else in float32 (the interpreter has no bfloat16).
+register_autocast_rule(TRITON_OPS.forward, "cuda", run_dtypes=(torch.float16, torch.bfloat16))
+register_autocast_rule(TRITON_OPS.forward, "cpu", run_dtypes=(torch.float16,))
