@@ -151,17 +151,17 @@ def test_float16_layer_whose_mask_has_more_than_65504_entries(source):
 
 
 def test_uniforms_are_float32_even_when_the_default_dtype_is_float16():
+    """float16 uniforms are multiples of 2**-11, so P(u < 1e-4) would be P(u == 0) ~ 4.9e-4,
+    about 5x keep_prob: 360000 draws would keep ~176 entries instead of ~36 (sd 6)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float16)
     try:
-        m = rskcnn.RSKConv2d(4, 4, 3, keep_prob=0.999)
-        masks = [m.sample_mask() for _ in range(50)]
+        m = rskcnn.RSKConv2d(40, 40, 3, keep_prob=1e-4)
+        kept = sum(int(m.sample_mask().sum()) for _ in range(25))
     finally:
         torch.set_default_dtype(previous)
-    # In float16, 0.999 rounds to 0.999 but uniforms round up to 1.0 at a rate of about 2**-11:
-    # a float32 draw keeps about 0.999 of the entries, never exactly all of 7200 in every mask.
-    kept = sum(int(mk.sum()) for mk in masks)
-    assert kept < 7200
+    assert 25 * 40 * 40 * 9 == 360000
+    assert kept < 80, f"{kept} of 360000 entries kept at keep_prob=1e-4: uniforms drawn in float16?"
 
 
 # --------------------------------------------------------------------------- autocast
