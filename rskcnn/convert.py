@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .masks import check_seed
 from .modules import RSKConv2d
 
 
@@ -35,7 +36,9 @@ def convert(model: nn.Module, keep_prob: float, which: str | Sequence[str] = "la
 
     ``which`` is ``"last"`` (the last registered ``nn.Conv2d``, where the paper puts RSK),
     ``"all"``, or a list of module names. ``options`` go to ``RSKConv2d`` (``granularity``,
-    ``scale_mode``, ...). Returns the converted model (a copy unless ``inplace``).
+    ``scale_mode``, ...); ``mask_seed=s`` gives the i-th replaced layer ``s + i`` (mod 2**64),
+    so that layers of the same shape do not draw the same masks. Returns the converted model
+    (a copy unless ``inplace``).
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -54,8 +57,13 @@ def convert(model: nn.Module, keep_prob: float, which: str | Sequence[str] = "la
     else:
         raise ValueError(f"convert: which must be 'last', 'all' or a list of module names, got {which!r}")
 
-    for name in names:
+    seed = options.pop("mask_seed", None)
+    if seed is not None:
+        check_seed(seed, "mask_seed")
+    for i, name in enumerate(names):
         conv = model.get_submodule(name)
+        if seed is not None:
+            options["mask_seed"] = (seed + i) % 2**64
         rsk = RSKConv2d(**_conv_kwargs(conv), keep_prob=keep_prob, **options)
         rsk.weight = conv.weight
         rsk.bias = conv.bias

@@ -156,3 +156,13 @@ def test_bad_mask_seed(seed, error):
 def test_generator_and_mask_seed_together_is_an_error():
     with pytest.raises(ValueError, match="generator or mask_seed"):
         rskcnn.RSKConv2d(4, 4, 3, mask_seed=1, generator=torch.Generator())
+
+
+def test_convert_gives_each_layer_its_own_mask_seed():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3))
+    converted = rskcnn.convert(model, 0.5, "all", mask_seed=2**64 - 2)
+    assert [m.mask_seed for m in converted] == [2**64 - 2, 2**64 - 1, 0]
+    masks = [m.sample_mask() for m in converted]
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    with pytest.raises(TypeError, match="mask_seed"):
+        rskcnn.convert(model, 0.5, "all", mask_seed=-1)
