@@ -46,6 +46,8 @@ LAYERS: dict[str, Layer] = {
               64, 128, 3, 7, batch=128, quick_batch=32),
         Layer("vgg16", "VGG-16 conv5_3 (512->512 3x3 on 14x14)",
               512, 512, 3, 14, batch=8, quick_batch=2),
+        Layer("vgg16_conv3", "VGG-16 conv3_3 (256->256 3x3 on 28x28)",
+              256, 256, 3, 28, batch=8, quick_batch=2),
         Layer("resnet18", "ResNet-18 layer4 conv (512->512 3x3 on 7x7, no bias)",
               512, 512, 3, 7, batch=16, quick_batch=4, bias=False),
     )
