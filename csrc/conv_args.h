@@ -47,6 +47,9 @@ inline ConvArgs make_conv_args(
   a.dh = dilation[0]; a.dw = dilation[1];
   a.groups = groups;
 
+  // An empty reduction (no input channel or tap) has no kept weight to plan around.
+  TORCH_CHECK(a.cin_g > 0 && a.kh > 0 && a.kw > 0,
+              "rskcnn: weight must have Cin/groups, KH and KW all >= 1, got weight shape ", weight_size);
   TORCH_CHECK(a.cin == a.cin_g * groups, "rskcnn: input has ", a.cin,
               " channels but weight expects Cin/groups * groups = ", a.cin_g, " * ", groups,
               " = ", a.cin_g * groups);

@@ -359,7 +359,7 @@ def op_calls(draw):
     """Direct calls of rskcnn::masked_conv2d: a valid call (zero-size batch and channels
     included) with up to two corruptions; the op validates everything and never crashes."""
     groups = draw(st.integers(1, 3))
-    # Cin/groups = 0 crashes the C++ kernels (test_cpp_op_with_no_input_channels); not drawn here
+    # Cin/groups = 0 is refused by its own test (test_cpp_op_with_no_input_channels_does_not_crash)
     cin_g, cout_g = draw(st.integers(1, 3)), draw(st.integers(0, 3))
     kernel = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
     stride, padding, dilation = ([draw(st.integers(lo, 2)), draw(st.integers(lo, 2))] for lo in (1, 0, 1))
@@ -452,10 +452,9 @@ def test_cpu_backend_refuses_weights_without_input_channels():
     torch.testing.assert_close(rskcnn.rsk_conv2d(x, w, mask), F.conv2d(x, w))
 
 
-@pytest.mark.xfail(strict=True, reason="csrc/cpu: rskcnn::masked_conv2d with Cin/groups = 0 segfaults "
-                                       "(out-of-bounds access); needs a check or an early return in the C++ op")
 def test_cpp_op_with_no_input_channels_does_not_crash():
-    """Run in a child process, as the failure is a segfault."""
+    """The op raises a clear error. Run in a child process, so that a return of the old
+    segfault (an out-of-bounds access in the kernels) fails this test instead of killing pytest."""
     if "cpu" not in rskcnn.available_backends("cpu"):
         pytest.skip("the C++ ops are not built: " + rsk_backends.unavailable_reasons("cpu").get("cpu", "?"))
     code = ("import torch, rskcnn\n"
@@ -464,7 +463,10 @@ def test_cpp_op_with_no_input_channels_does_not_crash():
             "try:\n"
             "    torch.ops.rskcnn.masked_conv2d(x, w, m, None, [1, 1], [0, 0], [1, 1], 1, [1, 1, 1, 1], 1.0)\n"
             "except RuntimeError as e:\n"
-            "    print('raised', e)\n")
+            "    assert 'Cin/groups, KH and KW all >= 1' in str(e), e\n"
+            "    print('raised', e)\n"
+            "else:\n"
+            "    raise SystemExit('no error')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, f"child exited with {result.returncode}: {result.stderr[-500:]}"

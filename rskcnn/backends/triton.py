@@ -36,7 +36,9 @@ class TritonBackend(Backend):
         if call.device.type == "cpu" and call.dtype == torch.bfloat16:
             reasons.append("Triton's CPU interpreter computes bfloat16 wrongly")
         n, cin, h, w = call.input_shape
-        cout, _, kh, kw = call.weight_shape
+        cout, cin_g, kh, kw = call.weight_shape
+        if min(cin_g, kh, kw) == 0:
+            reasons.append(f"weight {call.weight_shape} has an empty reduction (Cin/groups, KH or KW is 0)")
         # Padded extents bound the output; any tensor past int32 offsets is refused.
         sizes = {"input": n * cin * h * w, "output": n * cout * (h + 2 * call.padding[0]) * (w + 2 * call.padding[1]),
                  "weight": cout * call.weight_shape[1] * kh * kw}
