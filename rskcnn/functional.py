@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from . import backends
+from .autocast import unify_floating_dtypes
 from .masks import check_block, mask_shape
 
 
@@ -121,6 +122,11 @@ def rsk_conv2d(
     unbatched = isinstance(input, torch.Tensor) and input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    if (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)
+            and torch.is_autocast_enabled(input.device.type)):
+        # As F.conv2d under autocast: a previous layer may hand over autocast's dtype while the
+        # weight is float32. Unified to the wider dtype; the op's autocast rule does the rest.
+        input, weight, bias = unify_floating_dtypes(input, weight, bias)
     _check_tensors(input, weight, mask, bias, groups, block)
 
     pads = (0, 0) if padding == "valid" else padding if padding != "same" else None

@@ -8,7 +8,6 @@ from torch import nn
 
 from .backends import BACKEND_NAMES
 from .functional import rsk_conv2d
-from . import autocast as _autocast  # noqa: F401  (registers the C++ op's autocast rule)
 from .masks import GRANULARITIES, block_shape, check_seed, sample_mask
 
 SCALE_MODES = ("paper", "inverted")
@@ -182,12 +181,6 @@ class RSKConv2d(nn.Conv2d):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        if torch.is_autocast_enabled(input.device.type):
-            # The previous layer may hand over autocast's dtype while the weight is float32.
-            # Unify them (to the wider dtype) as F.conv2d accepts mixed ones under autocast;
-            # rsk_conv2d then runs in autocast's dtype (reference) or in float32 with its
-            # output cast to it (the C++ op's rule in rskcnn/autocast.py).
-            input, weight, bias = _autocast.unify_floating_dtypes(input, weight, bias)
         return rsk_conv2d(input, weight, self.sample_mask(), bias, self.stride, padding, self.dilation,
                           self.groups, block=self.block, backend=self.backend)
 

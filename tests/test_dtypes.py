@@ -206,6 +206,21 @@ def test_autocast_cpu_gives_autocast_dtype_like_conv2d(backend, amp_dtype, train
 
 
 @pytest.mark.parametrize("amp_dtype", LOW)
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_functional_under_autocast_takes_mixed_dtypes_like_conv2d(backend, amp_dtype):
+    """rsk_conv2d called directly with an autocast-dtype input and a float32 weight, as F.conv2d
+    accepts under autocast: the output has F.conv2d's dtype and its values."""
+    x = torch.randn(2, 4, 6, 5).to(amp_dtype)
+    w, b = torch.randn(6, 4, 3, 3), torch.randn(6)
+    mask = rskcnn.sample_mask(w.shape, 0.5, (1, 4, 1, 1))
+    with torch.autocast("cpu", dtype=amp_dtype):
+        y = rskcnn.rsk_conv2d(x, w, mask, b, padding=1, block=(1, 4, 1, 1), backend=backend)
+        expected = F.conv2d(x, w * rskcnn.expand_mask(mask, (1, 4, 1, 1), w.shape), b, padding=1)
+    assert y.dtype == expected.dtype == amp_dtype
+    assert_close(y, expected.float(), amp_dtype, 36)
+
+
+@pytest.mark.parametrize("amp_dtype", LOW)
 def test_autocast_rule_of_the_cpp_op(amp_dtype):
     """torch.ops.rskcnn.masked_conv2d under autocast: float32 math, output in autocast's dtype;
     float64 inputs are left alone, as autocast leaves float64 ops alone."""
