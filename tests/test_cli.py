@@ -152,3 +152,25 @@ def test_bench_rejects_unknown_or_unusable_backend(tmp_path):
 def test_bench_cuda_without_cuda_says_so(tmp_path):
     with pytest.raises(SystemExit, match="cuda"):
         main(["bench", "--device", "cuda", "--out", str(tmp_path)])
+
+
+def _bench_json(path, records):
+    settings = {"device": "cpu", "dtype": "float32", "memory_format": "contiguous (NCHW)", "threads": 2,
+                "tf32": False, "date": "2026-11-25T00:00:00"}
+    path.write_text(json.dumps({"settings": settings, "records": records}))
+
+
+def test_plot_draws_a_png_per_pass(tmp_path):
+    records = [dict(layer="paper", granularity=g, keep_prob=p, backend=b, ratio=r, **{"pass": "step"})
+               for g in ("filter", "element") for p in (0.25, 0.5) for b, r in (("dense", 1.0), ("cpu", 2 * p))]
+    _bench_json(tmp_path / "r.json", records)
+    assert main(["plot", str(tmp_path / "r.json")]) == 0
+    png = tmp_path / "r-step.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_plot_refuses_a_pass_with_no_records(tmp_path):
+    _bench_json(tmp_path / "r.json", [dict(layer="paper", granularity="tap", keep_prob=0.5, backend="cpu", ratio=1.0,
+                                            **{"pass": "step"})])
+    with pytest.raises(SystemExit, match="no 'forward' records"):
+        main(["plot", str(tmp_path / "r.json"), "--pass", "forward"])
