@@ -28,7 +28,7 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bf16, CUD
 
 if _reason is None:
     from rskcnn.triton import configs, ops as triton_ops, plans  # noqa: E402
-    from rskcnn.triton.geometry import dot_precision  # noqa: E402
+    from rskcnn.triton.geometry import ConvGeometry, dot_precision  # noqa: E402
 
 ODD = ConvConfig(n=2, cin=6, cout=8, h=9, w=7, kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1),
                  groups=2, block_size=(3, 5))
@@ -126,10 +126,25 @@ def test_float16_layouts_keep_the_memory_format(layout):
 # --------------------------------------------------------------------------- step lists
 
 
-def test_channel_order_puts_dropped_filters_last_within_each_group():
-    kept = torch.rand(12, 3, 3, 3) < 0.6
-    kept[[1, 4, 7]] = False
-    order = plans.channel_order(kept, groups=2).long()
+def _geometry(weight_shape, groups=1):
+    cout, cin_g, kh, kw = weight_shape
+    return ConvGeometry.of((2, cin_g * groups, kh + 2, kw + 2), weight_shape, (1, 1), (0, 0), (1, 1), groups)
+
+
+def _plan_inputs(granularity, weight_shape, keep, groups=1, block_size=(4, 3)):
+    block = rskcnn.block_shape(granularity, weight_shape, block_size)
+    mask = rskcnn.sample_mask(weight_shape, keep, block)
+    kept = rskcnn.expand_mask(mask, block, weight_shape)
+    return mask.to(DEVICE), block, kept, _geometry(weight_shape, groups)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_channel_order_puts_dropped_filters_last_within_each_group(granularity):
+    mask, block, kept, geo = _plan_inputs(granularity, (12, 3, 3, 3), 0.6, groups=2, block_size=(1, 2))
+    if granularity in ("element", "block"):  # drop three whole filters in the mask itself
+        mask[[1, 4, 7]] = False
+        kept[[1, 4, 7]] = False
+    order = plans.channel_order(mask, block, geo).long().cpu()
     for g in range(2):
         local = order[g * 6:(g + 1) * 6]
         assert sorted(local.tolist()) == list(range(g * 6, (g + 1) * 6)), "order left its group"
@@ -137,40 +152,45 @@ def test_channel_order_puts_dropped_filters_last_within_each_group():
         assert not (alive[1:] & ~alive[:-1]).any(), "a kept filter comes after a dropped one"
 
 
-def _brute_force_steps(kept_g, rows, cols):
-    g, r, c, t = kept_g.shape
+def test_channel_order_groups_filters_by_kept_taps():
+    """tap masks: channels sorted by their kept-tap pattern, first tap most significant."""
+    mask, block, kept, geo = _plan_inputs("tap", (40, 8, 3, 3), 0.5)
+    order = plans.channel_order(mask, block, geo).long().cpu()
+    patterns = kept[order].flatten(2).any(1).long()  # (Cout, T)
+    keys = [int("".join(map(str, row.tolist())), 2) for row in patterns]
+    assert keys == sorted(keys, reverse=True)
+
+
+def _brute_force_steps(rows_kept, rows, cols):
+    """rows_kept (G, R, C, T) bool: per tile of ``rows`` rows, the steps tap * n_chunks + chunk whose
+    ``rows x cols`` block holds a kept weight."""
+    g, r, c, t = rows_kept.shape
+    n_chunks = -(-c // cols)
     expected = []
     for gi in range(g):
         for ri in range(-(-r // rows)):
-            row = []
-            for tap in range(t):
-                for ci in range(-(-c // cols)):
-                    if kept_g[gi, ri * rows:(ri + 1) * rows, ci * cols:(ci + 1) * cols, tap].any():
-                        row.append(tap * (-(-c // cols)) + ci)
-            expected.append(row)
+            expected.append([tap * n_chunks + ci for tap in range(t) for ci in range(n_chunks)
+                             if rows_kept[gi, ri * rows:(ri + 1) * rows, ci * cols:(ci + 1) * cols, tap].any()])
     return expected
 
 
+@pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("granularity", GRANULARITIES)
-def test_forward_steps_list_exactly_the_nonempty_tiles(granularity):
-    weight_shape = (20, 9, 3, 2)
-    block = rskcnn.block_shape(granularity, weight_shape, (4, 3))
-    mask = rskcnn.sample_mask(weight_shape, 0.4, block)
-    kept = rskcnn.expand_mask(mask, block, weight_shape)
-    order = plans.channel_order(kept, groups=2)
-    kept_g = plans.grouped_kept(kept, order, groups=2)
-    steps, counts = plans.forward_steps(kept_g, 4, 4)
-    for tile, expected in enumerate(_brute_force_steps(kept_g, 4, 4)):
+def test_forward_plan_lists_exactly_the_nonempty_tiles(granularity, groups):
+    mask, block, kept, geo = _plan_inputs(granularity, (20, 9, 3, 2), 0.4, groups=groups)
+    order, steps, counts = (t.cpu() for t in plans.forward_plan(mask, block, geo, 4, 4))
+    assert torch.equal(order, plans.channel_order(mask, block, geo).cpu())
+    ordered = kept[order.long()].view(groups, 20 // groups, 9, -1)  # rows: output channels in order
+    for tile, expected in enumerate(_brute_force_steps(ordered, 4, 4)):
         assert counts[tile].item() == len(expected)
         assert steps[tile, :len(expected)].tolist() == expected
 
 
-def test_grad_input_steps_list_exactly_the_nonempty_tiles():
-    kept = torch.rand(10, 7, 2, 3) < 0.3
-    order = plans.channel_order(kept, groups=1)
-    kept_g = plans.grouped_kept(kept, order, groups=1)
-    steps, counts = plans.grad_input_steps(kept_g, 4, 2)
-    transposed = kept_g.transpose(1, 2)  # (G, Cin_g, Cout_g, T): rows are input channels
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_grad_input_plan_lists_exactly_the_nonempty_tiles(granularity):
+    mask, block, kept, geo = _plan_inputs(granularity, (10, 7, 2, 3), 0.3)
+    order, steps, counts = (t.cpu() for t in plans.grad_input_plan(mask, block, geo, 4, 2))
+    transposed = kept[order.long()].view(1, 10, 7, -1).transpose(1, 2)  # rows: input channels
     for tile, expected in enumerate(_brute_force_steps(transposed, 4, 2)):
         assert counts[tile].item() == len(expected)
         assert steps[tile, :len(expected)].tolist() == expected
@@ -182,10 +202,8 @@ def test_aligned_block_masks_visit_one_step_per_kept_block():
     block = rskcnn.block_shape("block", weight_shape, (16, 16))
     tiles = configs.forward_tiles(block, weight_shape, torch.float16)
     assert (tiles.block_n, tiles.block_k) == (16, 16)
-    mask = rskcnn.sample_mask(weight_shape, 0.5, block)
-    kept = rskcnn.expand_mask(mask, block, weight_shape)
-    order = plans.channel_order(kept, 1)
-    _, counts = plans.forward_steps(plans.grouped_kept(kept, order, 1), tiles.block_n, tiles.block_k)
+    mask = rskcnn.sample_mask(weight_shape, 0.5, block, device=DEVICE)
+    _, _, counts = plans.forward_plan(mask, block, _geometry(weight_shape), tiles.block_n, tiles.block_k)
     assert counts.sum().item() == mask.sum().item()
 
 
@@ -195,9 +213,7 @@ def test_filter_masks_give_dropped_filters_no_steps():
     mask = torch.zeros(128, 1, 1, 1, dtype=torch.bool)
     mask[torch.randperm(128)[:40]] = True
     tiles = configs.forward_tiles(block, weight_shape, torch.float32)
-    kept = rskcnn.expand_mask(mask, block, weight_shape)
-    order = plans.channel_order(kept, 1)
-    _, counts = plans.forward_steps(plans.grouped_kept(kept, order, 1), tiles.block_n, tiles.block_k)
+    _, _, counts = plans.forward_plan(mask.to(DEVICE), block, _geometry(weight_shape), tiles.block_n, tiles.block_k)
     busy_tiles = -(-40 // tiles.block_n)
     assert (counts[:busy_tiles] > 0).all() and (counts[busy_tiles:] == 0).all()
 

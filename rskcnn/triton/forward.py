@@ -3,6 +3,7 @@ group, whose K loop visits only the kept (tap, input-channel chunk) steps of its
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
@@ -10,11 +11,13 @@ from torch.library import wrap_triton
 from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
+from .plans import _mask_at, mask_args
 
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, order_ptr, steps_ptr, counts_ptr,
+    x_ptr, w_ptr, mask_ptr, b_ptr, y_ptr, order_ptr, steps_ptr, counts_ptr, scale,
+    sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW,
     N, H, W, OH, OW, CIN_G, COUT_G, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     sx_n, sx_c, sx_h, sx_w, sw_o, sw_c, sw_h, sw_w, sy_n, sy_c, sy_h, sy_w,
@@ -53,24 +56,28 @@ def _forward_kernel(
         in_ok = pixel_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x = tl.load(x_base[:, None] + ih[:, None] * sx_h + iw[:, None] * sx_w + cin[None, :] * sx_c,
                     mask=in_ok[:, None] & cin_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + cout[None, :] * sw_o + cin[:, None] * sw_c + kh * sw_h + kw * sw_w,
-                    mask=cin_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        w_ok = cin_ok[:, None] & col_ok[None, :]
+        w = tl.load(w_ptr + cout[None, :] * sw_o + cin[:, None] * sw_c + kh * sw_h + kw * sw_w, mask=w_ok, other=0.0)
+        keep = tl.load(_mask_at(mask_ptr, cout[None, :], cin[:, None], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
+                       mask=w_ok, other=0)
+        acc = tl.dot(x, tl.where(keep != 0, w, 0.0), acc, input_precision=PRECISION)
 
+    acc = acc * scale
     if HAS_BIAS:
         acc += tl.load(b_ptr + cout, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     y = y_ptr + n[:, None] * sy_n + cout[None, :] * sy_c + oh[:, None] * sy_h + ow[:, None] * sy_w
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=pixel_ok[:, None] & col_ok[None, :])
 
 
-def launch_forward(x, w, bias, y, order, steps, counts, geo: ConvGeometry, tiles: Tiles, precision: str,
-                   kept_tenths: int = 0) -> None:
-    """``y (N, Cout, OH, OW)`` from ``x (N, Cin, H, W)`` and the masked, scaled ``w (Cout, Cin_g, KH, KW)``;
-    ``order``/``steps``/``counts`` from :mod:`rskcnn.triton.plans` with the same tiles."""
+def launch_forward(x, w, mask, block, scale: float, bias, y, order, steps, counts, geo: ConvGeometry, tiles: Tiles,
+                   precision: str, kept_tenths: int = 0) -> None:
+    """``y (N, Cout, OH, OW)`` from ``x (N, Cin, H, W)``, ``w (Cout, Cin_g, KH, KW)`` and its block
+    ``mask`` (masked weights are never multiplied); ``order``/``steps``/``counts`` from
+    :func:`rskcnn.triton.plans.forward_plan` with the same tiles."""
     n_tiles = triton.cdiv(geo.cout_g, tiles.block_n)
     pixels = geo.n * geo.oh * geo.ow
     args = dict(
-        **geo.conv_args(),
+        **mask_args(mask, block), **geo.conv_args(),
         sx_n=x.stride(0), sx_c=x.stride(1), sx_h=x.stride(2), sx_w=x.stride(3),
         sw_o=w.stride(0), sw_c=w.stride(1), sw_h=w.stride(2), sw_w=w.stride(3),
         sy_n=y.stride(0), sy_c=y.stride(1), sy_h=y.stride(2), sy_w=y.stride(3),
@@ -78,7 +85,8 @@ def launch_forward(x, w, bias, y, order, steps, counts, geo: ConvGeometry, tiles
         KEPT_TENTHS=kept_tenths, HAS_BIAS=bias is not None, PRECISION=precision,
         BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
     )
-    tensors = (x, w, bias.contiguous() if bias is not None else y, y, order, steps, counts)
+    tensors = (x, w, mask.view(torch.uint8), bias.contiguous() if bias is not None else y, y, order, steps, counts,
+               scale)
     if configs.autotuning():
         grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), geo.groups * n_tiles)  # noqa: E731
         wrap_triton(configs.autotuned(_forward_kernel, "BLOCK_M"))[grid](*tensors, **args)

@@ -5,6 +5,7 @@ filters are empty and skipped."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
@@ -12,11 +13,13 @@ from torch.library import wrap_triton
 from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
+from .plans import _mask_at, mask_args
 
 
 @triton.jit
 def _grad_input_kernel(
-    dy_ptr, w_ptr, dx_ptr, order_ptr, steps_ptr, counts_ptr,
+    dy_ptr, w_ptr, mask_ptr, dx_ptr, order_ptr, steps_ptr, counts_ptr, scale,
+    sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW,
     N, H, W, OH, OW, CIN_G, COUT_G, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     sd_n, sd_c, sd_h, sd_w, sw_o, sw_c, sw_h, sw_w, sx_n, sx_c, sx_h, sx_w,
@@ -59,30 +62,34 @@ def _grad_input_kernel(
                    & (oh < OH) & (ow < OW))
         dy = tl.load(dy_base[:, None] + oh[:, None] * sd_h + ow[:, None] * sd_w + cout[None, :] * sd_c,
                      mask=from_ok[:, None] & rank_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + cout[:, None] * sw_o + cin[None, :] * sw_c + kh * sw_h + kw * sw_w,
-                    mask=rank_ok[:, None] & cin_ok[None, :], other=0.0)
-        acc = tl.dot(dy, w, acc, input_precision=PRECISION)
+        w_ok = rank_ok[:, None] & cin_ok[None, :]
+        w = tl.load(w_ptr + cout[:, None] * sw_o + cin[None, :] * sw_c + kh * sw_h + kw * sw_w, mask=w_ok, other=0.0)
+        keep = tl.load(_mask_at(mask_ptr, cout[:, None], cin[None, :], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
+                       mask=w_ok, other=0)
+        acc = tl.dot(dy, tl.where(keep != 0, w, 0.0), acc, input_precision=PRECISION)
+
+    acc = acc * scale
 
     dx = (dx_ptr + n[:, None] * sx_n + (group * CIN_G + cin)[None, :] * sx_c
           + ih[:, None] * sx_h + iw[:, None] * sx_w)
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=pixel_ok[:, None] & cin_ok[None, :])
 
 
-def launch_grad_input(dy, w, dx, order, steps, counts, geo: ConvGeometry, tiles: Tiles, precision: str,
-                      kept_tenths: int = 0) -> None:
-    """``dx (N, Cin, H, W)`` from ``dy (N, Cout, OH, OW)`` and the masked, scaled ``w``; every
-    element of ``dx`` is written."""
+def launch_grad_input(dy, w, mask, block, scale: float, dx, order, steps, counts, geo: ConvGeometry, tiles: Tiles,
+                      precision: str, kept_tenths: int = 0) -> None:
+    """``dx (N, Cin, H, W)`` from ``dy (N, Cout, OH, OW)``, ``w`` and its block ``mask``; every
+    element of ``dx`` is written. Plan from :func:`rskcnn.triton.plans.grad_input_plan`."""
     n_tiles = triton.cdiv(geo.cin_g, tiles.block_n)
     pixels = geo.n * geo.h * geo.w
     args = dict(
-        **geo.conv_args(),
+        **mask_args(mask, block), **geo.conv_args(),
         sd_n=dy.stride(0), sd_c=dy.stride(1), sd_h=dy.stride(2), sd_w=dy.stride(3),
         sw_o=w.stride(0), sw_c=w.stride(1), sw_h=w.stride(2), sw_w=w.stride(3),
         sx_n=dx.stride(0), sx_c=dx.stride(1), sx_h=dx.stride(2), sx_w=dx.stride(3),
         N_TILES=n_tiles, N_CHUNKS=triton.cdiv(geo.cout_g, tiles.block_k), MAX_STEPS=steps.shape[1],
         KEPT_TENTHS=kept_tenths, PRECISION=precision, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
     )
-    tensors = (dy, w, dx, order, steps, counts)
+    tensors = (dy, w, mask.view(torch.uint8), dx, order, steps, counts, scale)
     if configs.autotuning():
         grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), geo.groups * n_tiles)  # noqa: E731
         wrap_triton(configs.autotuned(_grad_input_kernel, "BLOCK_M"))[grid](*tensors, **args)

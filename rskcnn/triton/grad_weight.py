@@ -1,10 +1,12 @@
 """Grad-weight: per (group, ordered output-channel tile, input-channel tile, tap) a GEMM
 ``dW[Cout_tile, Cin_tile] = dY[Cout_tile, pixels] @ X_shifted[pixels, Cin_tile]`` over all
-N*OH*OW pixels. Tiles without a kept weight run zero iterations and store zeros, and every
-result is multiplied by the mask and the scale, so a masked weight's gradient is exactly 0."""
+N*OH*OW pixels. A tile without a kept weight (read from the mask by the program itself) runs
+zero iterations and stores zeros, and every result is multiplied by the mask and the scale,
+so a masked weight's gradient is exactly 0."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
@@ -12,14 +14,16 @@ from torch.library import wrap_triton
 from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
+from .plans import _mask_at, mask_args
 
 
 @triton.jit
 def _grad_weight_kernel(
-    dy_ptr, x_ptr, keep_ptr, dw_ptr, order_ptr, tiles_ptr, scale,
+    dy_ptr, x_ptr, mask_ptr, dw_ptr, order_ptr, scale,
+    sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW,
     N, H, W, OH, OW, CIN_G, COUT_G, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
-    sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w, sk_o, sk_c, sk_h, sk_w, sg_o, sg_c, sg_h, sg_w,
+    sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w, sg_o, sg_c, sg_h, sg_w,
     O_TILES, C_TILES, TAPS, KEPT_TENTHS,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -39,9 +43,11 @@ def _grad_weight_kernel(
     cin_ok = cin < CIN_G
     lane = tl.arange(0, BLOCK_K)
 
+    ok = rank_ok[:, None] & cin_ok[None, :]
+    keep = tl.load(_mask_at(mask_ptr, cout[:, None], cin[None, :], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
+                   mask=ok, other=0).to(tl.float32)
     pixel_count = N * OH * OW
-    kept = tl.load(tiles_ptr + pid)
-    iterations = tl.where(kept != 0, tl.cdiv(pixel_count, BLOCK_K), 0)
+    iterations = tl.where(tl.max(keep) > 0, tl.cdiv(pixel_count, BLOCK_K), 0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i in range(0, iterations):
         pixels = i * BLOCK_K + lane
@@ -58,28 +64,25 @@ def _grad_weight_kernel(
                     mask=in_ok[:, None] & cin_ok[None, :], other=0.0)
         acc = tl.dot(dy, x, acc, input_precision=PRECISION)
 
-    where = cout[:, None] * sk_o + cin[None, :] * sk_c + kh * sk_h + kw * sk_w
-    ok = rank_ok[:, None] & cin_ok[None, :]
-    keep = tl.load(keep_ptr + where, mask=ok, other=0).to(tl.float32)
     dw = dw_ptr + cout[:, None] * sg_o + cin[None, :] * sg_c + kh * sg_h + kw * sg_w
     tl.store(dw, (acc * scale * keep).to(dw_ptr.dtype.element_ty), mask=ok)
 
 
-def launch_grad_weight(dy, x, kept, dw, order, tiles_kept, scale: float, geo: ConvGeometry, tiles: Tiles,
+def launch_grad_weight(dy, x, mask, block, scale: float, dw, order, geo: ConvGeometry, tiles: Tiles,
                        precision: str, kept_tenths: int = 0) -> None:
-    """``dw (Cout, Cin_g, KH, KW)`` from ``dy (N, Cout, OH, OW)`` and ``x (N, Cin, H, W)``; ``kept`` is
-    the expanded mask as uint8, ``tiles_kept`` from :func:`plans.grad_weight_tiles`."""
+    """``dw (Cout, Cin_g, KH, KW)`` from ``dy (N, Cout, OH, OW)`` and ``x (N, Cin, H, W)``, times the
+    block ``mask`` and ``scale``; ``order`` from :func:`rskcnn.triton.plans.channel_order`."""
+    o_tiles, c_tiles = triton.cdiv(geo.cout_g, tiles.block_m), triton.cdiv(geo.cin_g, tiles.block_n)
     args = dict(
-        **geo.conv_args(),
+        **mask_args(mask, block), **geo.conv_args(),
         sd_n=dy.stride(0), sd_c=dy.stride(1), sd_h=dy.stride(2), sd_w=dy.stride(3),
         sx_n=x.stride(0), sx_c=x.stride(1), sx_h=x.stride(2), sx_w=x.stride(3),
-        sk_o=kept.stride(0), sk_c=kept.stride(1), sk_h=kept.stride(2), sk_w=kept.stride(3),
         sg_o=dw.stride(0), sg_c=dw.stride(1), sg_h=dw.stride(2), sg_w=dw.stride(3),
-        O_TILES=tiles_kept.shape[1], C_TILES=tiles_kept.shape[2], TAPS=geo.taps, KEPT_TENTHS=kept_tenths,
+        O_TILES=o_tiles, C_TILES=c_tiles, TAPS=geo.taps, KEPT_TENTHS=kept_tenths,
         PRECISION=precision, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
     )
-    tensors = (dy, x, kept, dw, order, tiles_kept, scale)
-    grid = (tiles_kept.numel(),)
+    tensors = (dy, x, mask.view(torch.uint8), dw, order, scale)
+    grid = (geo.groups * o_tiles * c_tiles * geo.taps,)
     if configs.autotuning():
         wrap_triton(configs.autotuned(_grad_weight_kernel, "BLOCK_K"))[grid](*tensors, **args)
         return

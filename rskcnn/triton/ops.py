@@ -5,8 +5,9 @@ rules. On a GPU they are ``torch.library.triton_op``s, so ``torch.compile`` sees
 them to the kernels. Under Triton's CPU interpreter a kernel cannot be traced (Triton hands
 back a plain Python function), so there they are opaque custom ops with fake kernels.
 
-Every mask-dependent decision is made on the device: the index lists come from
-:mod:`rskcnn.triton.plans` and the kernels read their lengths, so nothing here waits on the GPU.
+Every mask-dependent decision is made on the device: the index lists come from one launch of
+:mod:`rskcnn.triton.plans` and the kernels read their lengths and the mask itself, so nothing
+here waits on the GPU, and a tiled pass is two launches.
 """
 
 from __future__ import annotations
@@ -57,14 +58,13 @@ def triton_conv2d(
     if out.numel() == 0:
         return out
     geo = ConvGeometry.of(input.shape, weight.shape, stride, padding, dilation, groups)
-    masked, kept = _masked_weight(weight, mask, block, scale)
     if _uses_element_kernels(block, weight.shape):
+        masked, kept = _masked_weight(weight, mask, block, scale)
         element.element_forward(input, masked, kept, bias, out, geo.stride, geo.padding, geo.dilation, groups)
         return out
     tiles = configs.forward_tiles(block, weight.shape, input.dtype)
-    order = plans.channel_order(kept, groups)
-    steps, counts = plans.forward_steps(plans.grouped_kept(kept, order, groups), tiles.block_n, tiles.block_k)
-    launch_forward(input, masked, bias, out, order, steps, counts, geo, tiles,
+    order, steps, counts = plans.forward_plan(mask, block, geo, tiles.block_n, tiles.block_k)
+    launch_forward(input, weight, mask, block, float(scale), bias, out, order, steps, counts, geo, tiles,
                    dot_precision(input.dtype, input.device), configs.kept_tenths(mask))
     return out
 
@@ -82,14 +82,13 @@ def triton_conv2d_grad_input(
     if grad_output.numel() == 0:
         return out.zero_()
     geo = ConvGeometry.of(input_size, weight.shape, stride, padding, dilation, groups)
-    masked, kept = _masked_weight(weight, mask, block, scale)
     if _uses_element_kernels(block, weight.shape):
+        masked, kept = _masked_weight(weight, mask, block, scale)
         element.element_grad_input(grad_output, masked, kept, out, geo.stride, geo.padding, geo.dilation, groups)
         return out
     tiles = configs.grad_input_tiles(block, weight.shape, grad_output.dtype)
-    order = plans.channel_order(kept, groups)
-    steps, counts = plans.grad_input_steps(plans.grouped_kept(kept, order, groups), tiles.block_n, tiles.block_k)
-    launch_grad_input(grad_output, masked, out, order, steps, counts, geo, tiles,
+    order, steps, counts = plans.grad_input_plan(mask, block, geo, tiles.block_n, tiles.block_k)
+    launch_grad_input(grad_output, weight, mask, block, float(scale), out, order, steps, counts, geo, tiles,
                       dot_precision(grad_output.dtype, grad_output.device), configs.kept_tenths(mask))
     return out
 
@@ -106,15 +105,13 @@ def triton_conv2d_grad_weight(
     if grad_output.numel() == 0:
         return out.zero_()
     geo = ConvGeometry.of(input.shape, weight_size, stride, padding, dilation, groups)
-    kept = expand_mask(mask, block, weight_size)
     if _uses_element_kernels(block, weight_size):
-        element.element_grad_weight(grad_output, input, kept, scale, out, geo.stride, geo.padding, geo.dilation,
+        element.element_grad_weight(grad_output, input, expand_mask(mask, block, weight_size), scale, out, geo.stride, geo.padding, geo.dilation,
                                     groups)
         return out
     tiles = configs.grad_weight_tiles(block, weight_size, grad_output.dtype)
-    order = plans.channel_order(kept, groups)
-    tiles_kept = plans.grad_weight_tiles(plans.grouped_kept(kept, order, groups), tiles.block_m, tiles.block_n)
-    launch_grad_weight(grad_output, input, kept.to(torch.uint8), out, order, tiles_kept, float(scale), geo, tiles,
+    order = plans.channel_order(mask, block, geo)
+    launch_grad_weight(grad_output, input, mask, block, float(scale), out, order, geo, tiles,
                        dot_precision(grad_output.dtype, grad_output.device), configs.kept_tenths(mask))
     return out
 
