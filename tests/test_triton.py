@@ -358,3 +358,12 @@ def test_autotuned_kernels_match_reference(monkeypatch):
     got, _ = _grads("triton", cfg, inp, torch.float16)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, rtol=2e-2, atol=5e-2)
+
+
+def test_too_many_channels_per_group_for_the_plan_kernel_goes_elsewhere():
+    call = rsk_backends.ConvCall(device=DEVICE, dtype=torch.float16, input_shape=(1, 8, 4, 4),
+                                 weight_shape=(10000, 8, 1, 1), block=(1, 8, 1, 1), stride=(1, 1), padding=(0, 0),
+                                 dilation=(1, 1), groups=1)
+    reasons = rsk_backends.get_backend("triton").not_supported_reasons(call)
+    assert any("output channels per group" in r for r in reasons)
+    assert plans.MAX_GROUP_CHANNELS == rsk_backends.triton.MAX_GROUP_CHANNELS

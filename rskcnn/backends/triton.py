@@ -13,6 +13,8 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # The kernels index with int32 offsets; larger tensors go to another backend.
 MAX_ELEMENTS = 2**31 - 1
+# The plan kernel sorts a group's output channels in one program (rskcnn/triton/plans.py).
+MAX_GROUP_CHANNELS = 8192
 
 
 def _ops():
@@ -39,6 +41,9 @@ class TritonBackend(Backend):
         cout, cin_g, kh, kw = call.weight_shape
         if min(cin_g, kh, kw) == 0:
             reasons.append(f"weight {call.weight_shape} has an empty reduction (Cin/groups, KH or KW is 0)")
+        if cout // call.groups > MAX_GROUP_CHANNELS:
+            reasons.append(f"more than {MAX_GROUP_CHANNELS} output channels per group ({cout // call.groups}), "
+                           "which the plan kernel sorts in registers")
         # Padded extents bound the output; any tensor past int32 offsets is refused.
         sizes = {"input": n * cin * h * w, "output": n * cout * (h + 2 * call.padding[0]) * (w + 2 * call.padding[1]),
                  "weight": cout * call.weight_shape[1] * kh * kw}

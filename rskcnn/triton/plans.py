@@ -25,7 +25,8 @@ from .geometry import ConvGeometry
 # The sort key packs (alive, pattern of the first _KEY_TAPS taps, channel) into an int64.
 _KEY_TAPS = 40
 _CHANNEL_BITS = 20
-MAX_GROUP_CHANNELS = 1 << _CHANNEL_BITS
+# One program sorts a group's output channels in registers.
+MAX_GROUP_CHANNELS = 8192
 
 
 @triton.jit
