@@ -214,7 +214,7 @@ def plot(runs: list[dict], authors: dict[str, list[dict]], out: str, log) -> lis
         plt.close(fig)
         written.append(path)
     sweep = sweep_points(runs)
-    if len(sweep) > 1:
+    if any(r["variant"].startswith(SWEEP_PREFIX) for r in runs) and len(sweep) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         for key, label in (("final_val_acc", "final"), ("best_val_acc", "best")):
             ps = sorted(sweep)
