@@ -185,10 +185,11 @@ def test_parity_input_layout(backend, layout, dtype):
         assert res.out.is_contiguous(memory_format=torch.channels_last), "output lost channels_last"
 
 
+@pytest.mark.parametrize("granularity", ["block", "element"])
 @pytest.mark.parametrize("layout", ["channels_last", "permuted", "strided"])
-def test_parity_all_operands_non_contiguous(backend, layout):
+def test_parity_all_operands_non_contiguous(backend, layout, granularity):
     """Input, weight, mask, bias and grad_output all in an unusual layout."""
-    cfg = dataclasses.replace(ODD, granularity="block", block_size=(3, 5), keep_prob=0.5)
+    cfg = dataclasses.replace(ODD, granularity=granularity, block_size=(3, 5), keep_prob=0.5)
     dtype = widest_dtype(backend)
     inp = make_inputs(cfg, dtype)
     expected = run_oracle(cfg, inp)

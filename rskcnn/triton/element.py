@@ -355,7 +355,7 @@ def element_forward(input, weight, kept, bias, out, stride, padding, dilation, g
     idx, values, count, rows = _forward_lists(weight, kept)
     tiles = triton.cdiv(npix, FWD_BLOCK_M)
     torch.library.wrap_triton(_element_fwd_kernel)[(tiles * cout,)](
-        input, idx, values, count, rows, bias if bias is not None else values, out,
+        input, idx, values, count, rows, bias.contiguous() if bias is not None else values, out,
         npix, oh, ow, h, w, cout // groups, cin_g, cin_g * kh * kw,
         *input.stride(), *out.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
