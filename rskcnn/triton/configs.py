@@ -111,3 +111,17 @@ def kept_tenths(mask: torch.Tensor) -> int:
     if torch.compiler.is_compiling():
         return -1
     return int(mask.float().mean().item() * 10)
+
+
+def launch(kernel, free: str, grid, tiles: Tiles, tensors: tuple, args: dict) -> None:
+    """Launches ``kernel`` through ``wrap_triton``: with ``tiles``' fixed config, or autotuned over
+    ``free`` (``"BLOCK_M"`` or ``"BLOCK_K"``, the pixel tile) and warps/stages where autotuning is on.
+    ``grid(free_value)`` gives the grid for a value of the free tile size."""
+    from torch.library import wrap_triton
+
+    if autotuning():
+        wrap_triton(autotuned(kernel, free))[lambda meta: grid(meta[free])](*tensors, **args)
+        return
+    value = getattr(tiles, free.lower())
+    wrap_triton(kernel)[grid(value)](*tensors, **args, **{free: value}, num_warps=tiles.num_warps,
+                                     num_stages=tiles.num_stages)

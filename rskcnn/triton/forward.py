@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import configs
 from .configs import Tiles
@@ -87,10 +86,5 @@ def launch_forward(x, w, mask, block, scale: float, bias, y, order, steps, count
     )
     tensors = (x, w, mask.view(torch.uint8), bias.contiguous() if bias is not None else y, y, order, steps, counts,
                scale)
-    if configs.autotuning():
-        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), geo.groups * n_tiles)  # noqa: E731
-        wrap_triton(configs.autotuned(_forward_kernel, "BLOCK_M"))[grid](*tensors, **args)
-        return
-    grid = (triton.cdiv(pixels, tiles.block_m), geo.groups * n_tiles)
-    wrap_triton(_forward_kernel)[grid](*tensors, **args, BLOCK_M=tiles.block_m, num_warps=tiles.num_warps,
-                                       num_stages=tiles.num_stages)
+    grid = lambda block_m: (triton.cdiv(pixels, block_m), geo.groups * n_tiles)  # noqa: E731
+    configs.launch(_forward_kernel, "BLOCK_M", grid, tiles, tensors, args)

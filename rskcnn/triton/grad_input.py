@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import configs
 from .configs import Tiles
@@ -90,10 +89,5 @@ def launch_grad_input(dy, w, mask, block, scale: float, dx, order, steps, counts
         KEPT_TENTHS=kept_tenths, PRECISION=precision, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
     )
     tensors = (dy, w, mask.view(torch.uint8), dx, order, steps, counts, scale)
-    if configs.autotuning():
-        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_M"]), geo.groups * n_tiles)  # noqa: E731
-        wrap_triton(configs.autotuned(_grad_input_kernel, "BLOCK_M"))[grid](*tensors, **args)
-        return
-    grid = (triton.cdiv(pixels, tiles.block_m), geo.groups * n_tiles)
-    wrap_triton(_grad_input_kernel)[grid](*tensors, **args, BLOCK_M=tiles.block_m, num_warps=tiles.num_warps,
-                                          num_stages=tiles.num_stages)
+    grid = lambda block_m: (triton.cdiv(pixels, block_m), geo.groups * n_tiles)  # noqa: E731
+    configs.launch(_grad_input_kernel, "BLOCK_M", grid, tiles, tensors, args)

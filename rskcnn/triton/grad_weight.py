@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import configs
 from .configs import Tiles
@@ -82,9 +81,5 @@ def launch_grad_weight(dy, x, mask, block, scale: float, dw, order, geo: ConvGeo
         PRECISION=precision, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
     )
     tensors = (dy, x, mask.view(torch.uint8), dw, order, scale)
-    grid = (geo.groups * o_tiles * c_tiles * geo.taps,)
-    if configs.autotuning():
-        wrap_triton(configs.autotuned(_grad_weight_kernel, "BLOCK_K"))[grid](*tensors, **args)
-        return
-    wrap_triton(_grad_weight_kernel)[grid](*tensors, **args, BLOCK_K=tiles.block_k, num_warps=tiles.num_warps,
-                                           num_stages=tiles.num_stages)
+    grid = lambda block_k: (geo.groups * o_tiles * c_tiles * geo.taps,)  # noqa: E731  (pixels are the K loop)
+    configs.launch(_grad_weight_kernel, "BLOCK_K", grid, tiles, tensors, args)

@@ -20,13 +20,12 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from . import MAX_GROUP_CHANNELS
 from .geometry import ConvGeometry
 
 # The sort key packs (alive, pattern of the first _KEY_TAPS taps, channel) into an int64.
 _KEY_TAPS = 40
 _CHANNEL_BITS = 20
-# One program sorts a group's output channels in registers.
-MAX_GROUP_CHANNELS = 8192
 
 
 @triton.jit
