@@ -93,4 +93,107 @@ RSKCNN_HOST_DEVICE inline BlockCoord decode_entry(int32_t entry, const BlockMask
   return BlockCoord{e / (g.mh * g.mw), (e / g.mw) % g.mh, e % g.mw};
 }
 
+// ---------------------------------------------------------------------------
+// Tile planning for implicit-GEMM kernels (CUDA tensor-core path; exposed on the CPU
+// as rskcnn::plan_tiles so the CPU tests run this exact code).
+//
+// Output channels are visited in a per-group order (`order`, global channel ids):
+// channels that keep nothing come last, then channels sorted by the block-taps they
+// keep, so a tile of neighbouring channels shares its skipped taps and a tile of
+// dropped filters has no work at all.
+
+RSKCNN_HOST_DEVICE inline int64_t mask_index(const BlockMaskGeometry& g, int64_t o, int64_t i,
+                                             int64_t h, int64_t w) {
+  return ((o / g.bo * g.mi + i / g.bi) * g.mh + h / g.bh) * g.mw + w / g.bw;
+}
+
+// Whether output channel o keeps any weight among input channels [i_begin, i_end) at tap (h, w).
+RSKCNN_HOST_DEVICE inline bool any_kept_at(const bool* mask, const BlockMaskGeometry& g, int64_t o,
+                                           int64_t i_begin, int64_t i_end, int64_t h, int64_t w) {
+  for (int64_t ib = i_begin / g.bi; ib * g.bi < i_end; ++ib) {
+    if (mask[mask_index(g, o, ib * g.bi, h, w)]) return true;
+  }
+  return false;
+}
+
+// Sort key of output channel o: bit 63 set when it keeps nothing, then one bit per
+// block-tap (hb, wb) it keeps, first tap highest (taps past the 63rd do not count).
+RSKCNN_HOST_DEVICE inline uint64_t channel_sort_key(const bool* mask, const BlockMaskGeometry& g,
+                                                    int64_t o) {
+  const int64_t taps = g.mh * g.mw;
+  const bool* row = mask + (o / g.bo) * g.taps_per_block_row();
+  uint64_t pattern = 0;
+  bool any = false;
+  for (int64_t t = 0; t < taps; ++t) {
+    bool kept = false;
+    for (int64_t ib = 0; ib < g.mi && !kept; ++ib) kept = row[ib * taps + t];
+    any = any || kept;
+    if (kept && t < 63) pattern |= uint64_t{1} << (62 - t);
+  }
+  return (any ? uint64_t{0} : uint64_t{1} << 63) | pattern;
+}
+
+// Rank of channel o among channels [begin, begin + count) by (key, channel id): the
+// position order[begin + rank] = o. Quadratic in the group size, which is fine for
+// channel counts (one thread per channel on the GPU).
+RSKCNN_HOST_DEVICE inline int64_t channel_rank(const uint64_t* keys, int64_t begin, int64_t count,
+                                               int64_t o) {
+  int64_t rank = 0;
+  for (int64_t j = begin; j < begin + count; ++j) {
+    rank += keys[j] < keys[o] || (keys[j] == keys[o] && j < o);
+  }
+  return rank;
+}
+
+// The shape of a tiled pass: forward (and grad-weight) tiles are `out_tile` positions of
+// the channel order that reduce over chunks of `in_chunk` input channels; grad-input
+// tiles are `in_tile` input channels that reduce over chunks of `out_chunk` positions
+// of the order. A step is (tap, chunk), encoded tap * chunks + chunk with tap = h * KW + w.
+struct TileShape {
+  int64_t out_tile, in_chunk, in_tile, out_chunk;
+};
+
+// Writes the kept steps of forward tile [pos_begin, pos_end) of `order` (one group)
+// in increasing order; returns how many.
+RSKCNN_HOST_DEVICE inline int32_t plan_output_tile(const bool* mask, const BlockMaskGeometry& g,
+                                                   const int32_t* order, int64_t pos_begin,
+                                                   int64_t pos_end, int64_t in_chunk, int32_t* out) {
+  const int64_t chunks = ceil_div(g.cin_g, in_chunk);
+  int32_t count = 0;
+  for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t i_end = min_i64((c + 1) * in_chunk, g.cin_g);
+      for (int64_t p = pos_begin; p < pos_end; ++p) {
+        if (any_kept_at(mask, g, order[p], c * in_chunk, i_end, tap / g.kw, tap % g.kw)) {
+          out[count++] = static_cast<int32_t>(tap * chunks + c);
+          break;
+        }
+      }
+    }
+  }
+  return count;
+}
+
+// Writes the kept steps of grad-input tile [i_begin, i_end) (input channels within a
+// group whose channel order starts at order + group_begin and has cout_g entries).
+RSKCNN_HOST_DEVICE inline int32_t plan_input_tile(const bool* mask, const BlockMaskGeometry& g,
+                                                  const int32_t* order, int64_t group_begin,
+                                                  int64_t cout_g, int64_t i_begin, int64_t i_end,
+                                                  int64_t out_chunk, int32_t* out) {
+  const int64_t chunks = ceil_div(cout_g, out_chunk);
+  int32_t count = 0;
+  for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t p_end = min_i64((c + 1) * out_chunk, cout_g);
+      for (int64_t p = c * out_chunk; p < p_end; ++p) {
+        if (any_kept_at(mask, g, order[group_begin + p], i_begin, i_end, tap / g.kw, tap % g.kw)) {
+          out[count++] = static_cast<int32_t>(tap * chunks + c);
+          break;
+        }
+      }
+    }
+  }
+  return count;
+}
+
 }  // namespace rskcnn
