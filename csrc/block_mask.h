@@ -153,6 +153,21 @@ struct TileShape {
   int64_t out_tile, in_chunk, in_tile, out_chunk;
 };
 
+// Positions [begin, end) of the channel order covered by forward tile t, whose group
+// has `cout_g` channels split into `tiles` tiles of `out_tile`.
+RSKCNN_HOST_DEVICE inline IndexRange output_tile_positions(int64_t t, int64_t tiles, int64_t cout_g,
+                                                           int64_t out_tile) {
+  const int64_t group = t / tiles, begin = group * cout_g + (t % tiles) * out_tile;
+  return IndexRange{begin, min_i64(begin + out_tile, (group + 1) * cout_g)};
+}
+
+// Input channels [begin, end), within its group, of grad-input tile t.
+RSKCNN_HOST_DEVICE inline IndexRange input_tile_channels(int64_t t, int64_t tiles, int64_t cin_g,
+                                                         int64_t in_tile) {
+  const int64_t begin = (t % tiles) * in_tile;
+  return IndexRange{begin, min_i64(begin + in_tile, cin_g)};
+}
+
 // Writes the kept steps of forward tile [pos_begin, pos_end) of `order` (one group)
 // in increasing order; returns how many.
 RSKCNN_HOST_DEVICE inline int32_t plan_output_tile(const bool* mask, const BlockMaskGeometry& g,

@@ -19,6 +19,28 @@ inline int64_t conv_out_extent(int64_t in, int64_t k, int64_t s, int64_t p, int6
   return (in + 2 * p - d * (k - 1) - 1) / s + 1;
 }
 
+// The block-mask geometry of a weight, after checking that mask matches it.
+inline BlockMaskGeometry make_mask_geometry(at::IntArrayRef weight_size, const at::Tensor& mask,
+                                            at::IntArrayRef block) {
+  TORCH_CHECK(weight_size.size() == 4, "rskcnn: weight must be 4-D (Cout, Cin/groups, KH, KW), got ",
+              weight_size.size(), "-D");
+  TORCH_CHECK(block.size() == 4, "rskcnn: block must have 4 elements, got ", block.size());
+  for (auto b : block) {
+    TORCH_CHECK(b > 0, "rskcnn: block entries must be positive, got ", block);
+  }
+  for (auto s : weight_size) {
+    TORCH_CHECK(s >= 0, "rskcnn: weight sizes must be non-negative, got ", weight_size);
+  }
+  const BlockMaskGeometry g = make_geometry(weight_size[0], weight_size[1], weight_size[2],
+                                            weight_size[3], block[0], block[1], block[2], block[3]);
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "rskcnn: mask must be torch.bool, got ",
+              mask.scalar_type());
+  const std::vector<int64_t> expected{g.mo, g.mi, g.mh, g.mw};
+  TORCH_CHECK(mask.sizes() == at::IntArrayRef(expected), "rskcnn: mask must have shape ",
+              at::IntArrayRef(expected), " = ceil(weight shape / block), got ", mask.sizes());
+  return g;
+}
+
 // Validates everything but the tensors' data and returns the geometry.
 inline ConvArgs make_conv_args(
     at::IntArrayRef input_size, at::IntArrayRef weight_size, const at::Tensor& mask,
@@ -61,12 +83,7 @@ inline ConvArgs make_conv_args(
               dilation, " is larger than the padded input (", a.h + 2 * a.ph, ", ",
               a.w + 2 * a.pw, ")");
 
-  a.mask = make_geometry(a.cout, a.cin_g, a.kh, a.kw, block[0], block[1], block[2], block[3]);
-  TORCH_CHECK(mask.scalar_type() == at::kBool, "rskcnn: mask must be torch.bool, got ",
-              mask.scalar_type());
-  const std::vector<int64_t> expected{a.mask.mo, a.mask.mi, a.mask.mh, a.mask.mw};
-  TORCH_CHECK(mask.sizes() == at::IntArrayRef(expected), "rskcnn: mask must have shape ",
-              at::IntArrayRef(expected), " = ceil(weight shape / block), got ", mask.sizes());
+  a.mask = make_mask_geometry(weight_size, mask, block);
   return a;
 }
 

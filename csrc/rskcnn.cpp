@@ -29,4 +29,9 @@ TORCH_LIBRARY(rskcnn, m) {
       "masked_conv2d_grad_weight(Tensor grad_output, Tensor input, Tensor mask, "
       "int[4] weight_size, int[2] stride, int[2] padding, int[2] dilation, "
       "int groups, int[4] block, float scale) -> Tensor");
+  // The CUDA kernels' tile plans (csrc/tile_plan.h), exposed so that tests can check
+  // them on any device: (order, out_entries, out_counts, in_entries, in_counts).
+  m.def(
+      "plan_tiles(Tensor mask, int[4] weight_size, int groups, int[4] block, "
+      "int[4] tile_shape, bool reorder) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

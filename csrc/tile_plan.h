@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 #include "block_mask.h"
 
 namespace rskcnn {
@@ -25,7 +27,7 @@ struct TilePlans {
   at::Tensor in_counts;    // (groups * in_tiles,) int32
 };
 
-// Allocates (uninitialised) plans on mask's device.
+// Allocates plans on mask's device (counts and order uninitialised).
 inline TilePlans allocate_tile_plans(const at::Tensor& mask, const BlockMaskGeometry& g,
                                      int64_t groups, const TileShape& shape, bool reorder) {
   TORCH_CHECK(shape.out_tile > 0 && shape.in_chunk > 0 && shape.in_tile > 0 && shape.out_chunk > 0,
@@ -47,11 +49,25 @@ inline TilePlans allocate_tile_plans(const at::Tensor& mask, const BlockMaskGeom
               " steps overflows its int32 entries");
   const auto opts = mask.options().dtype(at::kInt);
   p.order = at::empty({g.cout}, opts);
-  p.out_entries = at::empty({groups * p.out_tiles, p.out_capacity}, opts);
+  // Unused slots hold -1, so plans compare equal across runs and devices.
+  p.out_entries = at::full({groups * p.out_tiles, p.out_capacity}, -1, opts);
   p.out_counts = at::empty({groups * p.out_tiles}, opts);
-  p.in_entries = at::empty({groups * p.in_tiles, p.in_capacity}, opts);
+  p.in_entries = at::full({groups * p.in_tiles, p.in_capacity}, -1, opts);
   p.in_counts = at::empty({groups * p.in_tiles}, opts);
   return p;
+}
+
+// The tile shape and channel order used for a convolution's mask (csrc/cuda/conv.cpp):
+// tiles of up to 64 channels that follow bo and bi where those are 32 or 64, and a
+// sorted channel order unless whole blocks of output channels already fill a tile.
+inline std::pair<TileShape, bool> choose_tile_shape(const BlockMaskGeometry& g) {
+  int64_t out_tile = 32;  // tap patterns and small blocks share fewer skipped steps in wide tiles
+  if (g.bo >= 64 || (g.bo < 32 && g.bi >= g.cin_g && g.mh * g.mw == 1)) {
+    out_tile = 64;  // whole blocks of 64, or whole filters that drop together
+  }
+  const int64_t in_tile = g.bi >= 64 || g.bi >= g.cin_g ? 64 : 32;
+  const bool reorder = g.bo < out_tile;
+  return {TileShape{out_tile, 32, in_tile, 32}, reorder};
 }
 
 }  // namespace rskcnn

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 
 namespace rskcnn::cpu {
 
@@ -27,5 +28,11 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                      at::IntArrayRef dilation, int64_t groups,
                                      at::IntArrayRef block, double scale);
+
+// The CUDA kernels' tile plans (csrc/tile_plan.h) built on the CPU: (order, out_entries,
+// out_counts, in_entries, in_counts).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plan_tiles(
+    const at::Tensor& mask, at::IntArrayRef weight_size, int64_t groups, at::IntArrayRef block,
+    at::IntArrayRef tile_shape, bool reorder);
 
 }  // namespace rskcnn::cpu

@@ -1,0 +1,59 @@
+// rskcnn::plan_tiles on the CPU: the tile plans of csrc/block_mask.h built by plain
+// loops, so the tests check the very functions the CUDA plan kernels call.
+#include <tuple>
+#include <vector>
+
+#include "../conv_args.h"
+#include "../tile_plan.h"
+#include "kernels.h"
+#include "tile_plan.h"
+
+namespace rskcnn::cpu {
+
+void build_tile_plans(const at::Tensor& mask, const BlockMaskGeometry& g, TilePlans& p) {
+  const at::Tensor mask_c = mask.contiguous();
+  const bool* m = mask_c.const_data_ptr<bool>();
+  const int64_t cout_g = g.cout / p.groups;
+
+  std::vector<uint64_t> keys(g.cout, 0);
+  if (p.reorder) {
+    for (int64_t o = 0; o < g.cout; ++o) keys[o] = channel_sort_key(m, g, o);
+  }
+  int32_t* order = p.order.mutable_data_ptr<int32_t>();
+  for (int64_t o = 0; o < g.cout; ++o) {
+    const int64_t begin = o / cout_g * cout_g;
+    order[begin + channel_rank(keys.data(), begin, cout_g, o)] = static_cast<int32_t>(o);
+  }
+
+  int32_t* out_entries = p.out_entries.mutable_data_ptr<int32_t>();
+  int32_t* out_counts = p.out_counts.mutable_data_ptr<int32_t>();
+  for (int64_t t = 0; t < p.groups * p.out_tiles; ++t) {
+    const IndexRange pos = output_tile_positions(t, p.out_tiles, cout_g, p.shape.out_tile);
+    out_counts[t] = plan_output_tile(m, g, order, pos.begin, pos.end, p.shape.in_chunk,
+                                     out_entries + t * p.out_capacity);
+  }
+  int32_t* in_entries = p.in_entries.mutable_data_ptr<int32_t>();
+  int32_t* in_counts = p.in_counts.mutable_data_ptr<int32_t>();
+  for (int64_t t = 0; t < p.groups * p.in_tiles; ++t) {
+    const IndexRange in = input_tile_channels(t, p.in_tiles, g.cin_g, p.shape.in_tile);
+    in_counts[t] = plan_input_tile(m, g, order, t / p.in_tiles * cout_g, cout_g, in.begin, in.end,
+                                   p.shape.out_chunk, in_entries + t * p.in_capacity);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plan_tiles(
+    const at::Tensor& mask, at::IntArrayRef weight_size, int64_t groups, at::IntArrayRef block,
+    at::IntArrayRef tile_shape, bool reorder) {
+  TORCH_CHECK(mask.device().is_cpu(), "rskcnn cpu backend: mask must be on the CPU, got ", mask.device());
+  const BlockMaskGeometry g = make_mask_geometry(weight_size, mask, block);
+  TORCH_CHECK(g.cin_g > 0 && g.kh > 0 && g.kw > 0,
+              "rskcnn: weight must have Cin/groups, KH and KW all >= 1, got weight shape ", weight_size);
+  TORCH_CHECK(tile_shape.size() == 4, "rskcnn: tile_shape must have 4 elements, got ", tile_shape.size());
+  const TileShape shape{tile_shape[0], tile_shape[1], tile_shape[2], tile_shape[3]};
+  TilePlans p = allocate_tile_plans(mask, g, groups, shape, reorder);
+  build_tile_plans(mask, g, p);
+  return {p.order, p.out_entries, p.out_counts, p.in_entries, p.in_counts};
+}
+
+}  // namespace rskcnn::cpu
+
