@@ -1,4 +1,4 @@
-"""``python -m rskcnn`` (also the ``rskcnn`` console script): ``info``, ``bench``, ``plot`` and ``train``."""
+"""``python -m rskcnn`` (also the ``rskcnn`` console script): ``info``, ``bench``, ``plot``, ``calibrate`` and ``train``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import bench, info, plot, train
+    from .cli import bench, calibrate, info, plot, train
 
     parser = argparse.ArgumentParser(
         prog="rskcnn",
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parser(commands)
     bench.add_parser(commands)
     plot.add_parser(commands)
+    calibrate.add_parser(commands)
     train.add_parser(commands)
     return parser
 

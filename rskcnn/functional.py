@@ -79,10 +79,11 @@ def _check_tensors(input, weight, mask, bias, groups: int, block):
             raise TypeError(f"bias must be {input.dtype} on {input.device}, got {bias.dtype} on {bias.device}")
 
 
-def _kept_fraction(mask: torch.Tensor) -> float | None:
-    """The mask's kept fraction where reading it is free: a CPU mask, outside tracing."""
+def _kept_fraction(mask: torch.Tensor, expected_keep: float | None) -> float | None:
+    """The mask's kept fraction where reading it is free (a CPU mask, outside tracing), else
+    the caller's expected_keep (a GPU mask is never read: that would sync)."""
     if mask.device.type != "cpu" or torch.compiler.is_compiling() or mask.numel() == 0:
-        return None
+        return expected_keep
     return int(mask.sum()) / mask.numel()
 
 
@@ -99,6 +100,7 @@ def rsk_conv2d(
     block: Sequence[int] = (1, 1, 1, 1),
     scale: float = 1.0,
     backend: str = "auto",
+    expected_keep: float | None = None,
 ) -> torch.Tensor:
     """``F.conv2d(input, weight * expand_mask(mask, block) * scale, bias, stride, padding, dilation, groups)``,
     computed without touching the weights the mask drops.
@@ -107,6 +109,8 @@ def rsk_conv2d(
     mask bool ``ceil(weight.shape / block)``; bias ``(Cout,)``; output ``(N, Cout, OH, OW)``.
     ``padding`` is an int, a pair, ``'same'`` or ``'valid'``. ``backend`` is ``'auto'`` or a
     name from :func:`rskcnn.available_backends`. Gradients of masked weights are exactly 0.
+    ``expected_keep`` (the keep probability the mask was drawn with) lets ``auto`` choose
+    on a GPU, where reading the mask's kept fraction would sync; it never changes the result.
     """
     block = check_block(block)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
@@ -115,6 +119,9 @@ def rsk_conv2d(
         raise TypeError(f"scale must be a real number, got {scale!r}")
     if not isinstance(backend, str) or backend not in backends.BACKEND_NAMES:
         raise ValueError(f"backend must be one of {backends.BACKEND_NAMES}, got {backend!r}")
+    if expected_keep is not None and (isinstance(expected_keep, bool) or not isinstance(expected_keep, numbers.Real)
+                                      or not 0.0 <= expected_keep <= 1.0):
+        raise ValueError(f"expected_keep must be None or a float in [0, 1], got {expected_keep!r}")
     stride = _pair(stride, "stride", 1)
     dilation = _pair(dilation, "dilation", 1)
     padding = _padding(padding, stride)
@@ -150,7 +157,7 @@ def rsk_conv2d(
         padding=padding if isinstance(padding, tuple) else (0, 0),
         dilation=dilation,
         groups=groups,
-        kept_fraction=_kept_fraction(mask) if backend == "auto" else None,
+        kept_fraction=_kept_fraction(mask, expected_keep) if backend == "auto" else None,
     )
     chosen = backends.resolve(backend, call)
     output = chosen.conv2d(input, weight, mask, bias, stride, padding, dilation, groups, block, scale)

@@ -181,8 +181,11 @@ class RSKConv2d(nn.Conv2d):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
+        # The keep probability guides auto on a GPU; under torch.compile it is left out, so
+        # that changing it never recompiles.
+        expected_keep = None if torch.compiler.is_compiling() else self.keep_prob
         return rsk_conv2d(input, weight, self.sample_mask(), bias, self.stride, padding, self.dilation,
-                          self.groups, block=self.block, backend=self.backend)
+                          self.groups, block=self.block, backend=self.backend, expected_keep=expected_keep)
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr(), f"keep_prob={self.keep_prob}", f"granularity={self.granularity!r}"]

@@ -12,18 +12,23 @@ import torch
 
 from .base import Backend, ConvCall
 from .cpu import CpuBackend
+from .cuda import CudaBackend
 from .reference import ReferenceBackend, reference_conv2d
 from .triton import TritonBackend
 
 logger = logging.getLogger("rskcnn")
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend())}
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (ReferenceBackend(), CpuBackend(), CudaBackend(), TritonBackend())
+}
 
 # auto tries these in order and takes the first with no reasons against it;
 # reference accepts everything, so it is always last.
 AUTO_PRIORITY: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu", "reference"),
-    "cuda": ("triton", "reference"),
+    # Each GPU backend is taken only where the card's calibration table says it is the
+    # fast choice (backends/calibration.py); otherwise masked-dense cuDNN.
+    "cuda": ("cuda", "triton", "reference"),
 }
 DEFAULT_PRIORITY = ("reference",)
 

@@ -58,9 +58,9 @@ class TritonBackend(Backend):
             return reasons
         if call.device.type == "cpu":
             return ["the CPU interpreter is for testing, never faster"]
-        # Not yet calibrated on a GPU: until `python -m rskcnn bench` has measured where these
-        # kernels beat cuDNN, auto keeps dense cuDNN, which is never the slow choice by much.
-        return ["not calibrated against cuDNN on this GPU yet (choose backend='triton' explicitly)"]
+        from .calibration import faster_than_dense_reasons
+
+        return faster_than_dense_reasons(self.name, call)
 
     def conv2d(self, input, weight, mask, bias, stride, padding, dilation, groups, block, scale):
         input, padding = explicit_padding(input, weight.shape, padding, dilation)

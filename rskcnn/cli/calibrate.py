@@ -1,0 +1,52 @@
+"""``python -m rskcnn calibrate RESULTS.json ...``: turns GPU bench results into the table
+that ``auto`` reads on that card (rskcnn/backends/calibration.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="write auto's table of where each GPU backend is the fast choice",
+        description="Reads `rskcnn bench` results of one GPU (one file per dtype/TF32 setting) and writes, "
+        "for each dtype, backend and granularity, the largest measured keep probability up to which the "
+        "backend's training step stayed within the tolerance of the fastest option on every layer.",
+    )
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json", help="bench result files")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the table (default: rskcnn/backends/calibration/<device>.json)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="how much slower than the fastest option still counts as fast (default: 1.05)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rskcnn.backends import calibration
+
+    results = []
+    for path in args.results:
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"rskcnn calibrate: cannot read {path}: {error}")
+    tolerance = calibration.TOLERANCE if args.tolerance is None else args.tolerance
+    if tolerance < 1.0:
+        raise SystemExit(f"rskcnn calibrate: --tolerance must be >= 1, got {tolerance}")
+    try:
+        table = calibration.calibration_from_benches(results, tolerance)
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"rskcnn calibrate: {error}")
+    out = args.out or calibration.TABLE_DIR / f"{calibration.device_slug(table['device'])}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=1) + "\n")
+    for dtype, backends in table["faster_below"].items():
+        for backend, bounds in backends.items():
+            line = ", ".join(f"{g} <= {b:.2f}" for g, b in bounds.items())
+            print(f"{table['device']} {dtype} {backend}: fast choice up to keep {line}")
+    print(f"rskcnn calibrate: wrote {out}", file=sys.stderr)
+    return 0
