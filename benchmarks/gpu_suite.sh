@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU suite, in one call on a fresh CUDA machine with torch, triton, ninja and pybind11
-# and no network: versions, build, CUDA tests, compute-sanitizer, benchmark.
+# and no network: versions, timed build, CUDA tests, compute-sanitizer, benchmark of dense
+# cuDNN, masked-dense, triton and cuda (bf16 and TF32, channels_last), and auto's
+# calibration table for the card.
 #   bash benchmarks/gpu_suite.sh --out DIR [--quick]
-# Writes DIR/suite.log, DIR/tests.xml and the bench's JSON and Markdown; exits non-zero if
-# any step failed.
+# Writes DIR/suite.log, DIR/tests.xml, DIR/bench-{bf16,tf32,element}.{json,md} and
+# DIR/calibration.json (8 files); exits non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,15 +36,23 @@ versions() {
 }
 step versions versions
 
-# Offline install from the working tree: no build isolation, no dependency resolution.
-step build python -m pip install --no-build-isolation --no-deps --no-index -e .
+# Offline install from the working tree: no build isolation, no dependency resolution; the
+# CUDA kernels for this card's architecture only, which halves the build.
+arch=$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+step build env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
+  python -m pip install --no-build-isolation --no-deps --no-index -e .
 step info python -m rskcnn info
 
-tests=(tests/test_triton.py tests/test_triton_element.py tests/test_dtypes.py tests/test_compile.py tests/test_opcheck.py)
+tests=(tests/test_cuda.py tests/test_tile_plans.py tests/test_triton.py tests/test_triton_element.py
+       tests/test_dtypes.py tests/test_compile.py tests/test_opcheck.py)
 step tests python -m pytest "${tests[@]}" -q -p no:cacheprovider --junitxml="$out/tests.xml" -rs
 
-if command -v compute-sanitizer >/dev/null; then
-  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_smoke.py --backend triton
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$sanitizer" ]; then
+  for backend in cuda triton; do
+    step "memcheck-$backend" "$sanitizer" --tool memcheck --error-exitcode 1 \
+      python benchmarks/sanitize_smoke.py --backend "$backend"
+  done
 else
   echo "::: memcheck skipped: compute-sanitizer is not on PATH"
 fi
@@ -50,8 +60,13 @@ fi
 bench=(python -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 --batch 32
        --granularities filter,block,tap,element --block-size 32,32 --out "$out" --no-progress)
 if [ "$quick" = 1 ]; then bench+=(--keep-probs 0.5 --min-run-time 0.1); else bench+=(--min-run-time 0.2); fi
-step bench-bf16 "${bench[@]}" --dtype bfloat16
-step bench-tf32 "${bench[@]}" --dtype float32 --tf32
+step bench-bf16 "${bench[@]}" --dtype bfloat16 --tag bench-bf16
+step bench-tf32 "${bench[@]}" --dtype float32 --tf32 --tag bench-tf32
+# The element target: the sparse kernels against cuDNN at very low keep.
+step bench-element python -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 --batch 32 \
+  --granularities element --keep-probs 0.05,0.1,0.25 --dtype bfloat16 --min-run-time 0.1 --out "$out" \
+  --no-progress --tag bench-element
+step calibrate python -m rskcnn calibrate "$out/bench-bf16.json" "$out/bench-tf32.json" --out "$out/calibration.json"
 
 if [ ${#failed[@]} -gt 0 ]; then echo "::: FAILED: ${failed[*]}"; exit 1; fi
 echo "::: all steps passed"

@@ -1,6 +1,6 @@
 """A small forward and backward of every granularity on one backend, for compute-sanitizer.
 
-Usage: compute-sanitizer --tool memcheck python benchmarks/sanitize_smoke.py [--backend triton]
+Usage: compute-sanitizer --tool memcheck python benchmarks/sanitize_smoke.py [--backend cuda|triton]
 Exits non-zero if a result differs from the reference backend.
 """
 
@@ -29,8 +29,10 @@ def main() -> int:
         block = rskcnn.block_shape(granularity, w.shape, (16, 16))
         mask = rskcnn.sample_mask(w.shape, 0.5, block, device="cuda")
         results = {}
+        # bias on: the forward epilogue (and a dropped filter's bias-only tile) is checked too
+        bias = torch.randn(45, device="cuda", dtype=dtype, requires_grad=True)
         for backend in (args.backend, "reference"):
-            out = rskcnn.rsk_conv2d(x, w, mask, None, 2, 1, block=block, backend=backend)
+            out = rskcnn.rsk_conv2d(x, w, mask, bias, 2, 1, block=block, backend=backend)
             grads = torch.autograd.grad(out, (x, w), torch.ones_like(out))
             results[backend] = [t.float() for t in (out, *grads)]
         torch.cuda.synchronize()
