@@ -111,7 +111,9 @@ def extensions():
     write_build_info(cuda, reason)
     print(f"rskcnn: building {'with' if cuda else 'without'} CUDA kernels ({reason})")
 
-    cxx_flags = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", *native_simd_flags()]
+    # -fopenmp: ATen's parallel_for is inline and runs serially in a file compiled without
+    # OpenMP. At load time libgomp.so.1 resolves to the copy torch has already loaded.
+    cxx_flags = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fopenmp", *native_simd_flags()]
     kwargs = dict(
         name="rskcnn._C",
         sources=cpp_sources + (cuda_sources if cuda else []),
@@ -119,6 +121,7 @@ def extensions():
         # One binary for every CPython >= 3.10; the module only registers torch ops.
         define_macros=[("Py_LIMITED_API", "0x030A0000")],
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
         py_limited_api=True,
     )
     if cuda:

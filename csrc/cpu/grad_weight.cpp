@@ -1,9 +1,11 @@
 // grad-weight as a sampled dense-dense product (SDDMM): only the kept entries of
-// grad_output x input_columns^T are computed. Threads take chunks of output pixels
-// and accumulate into their own partial sums, reduced at the end.
+// grad_output x input_columns^T are computed. The output pixels are cut into a fixed
+// number of slices, each with its own partial sums, reduced in slice order at the end:
+// the result is the same for any thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../conv_args.h"
@@ -18,27 +20,33 @@
 namespace rskcnn::cpu {
 namespace {
 
+// Slices of the pixel reduction: the parallelism of this pass, and the number of partial
+// copies of the kept weights it holds. Fixed, not the thread count, so results never
+// depend on torch.set_num_threads.
+constexpr int64_t kSlices = 4;
+
 template <typename T>
 void grad_weight_kernel(const T* go, const T* x, const Plan& plan, const ConvArgs& a, T scale, T* gw) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t filter_size = a.cin_g * a.kh * a.kw;
   const int64_t pixels = a.n * a.oh * a.ow;
   const int64_t chunks = ceil_div(pixels, kDotChunk);
-  const int64_t threads = at::get_num_threads();
+  const int64_t slices = std::min(kSlices, chunks);
   for (int64_t group = 0; group < a.groups; ++group) {
     const int64_t o_first = group * cout_g;
     const SparseRows rows = output_channel_rows(plan, a, group);
-    std::vector<T> partial(threads * rows.num_values, T(0));
-    at::parallel_for(0, chunks, grain_for((rows.num_values + filter_size) * kDotChunk),
-                     [&](int64_t begin, int64_t end) {
-      T* dots = partial.data() + at::get_thread_num() * rows.num_values;
+    std::vector<T> partial(slices * rows.num_values, T(0));
+    at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets;
       std::vector<T> cols(filter_size * kDotChunk), go_rows(cout_g * kDotChunk);
-      for (int64_t chunk = begin; chunk < end; ++chunk) {
-        const int64_t q0 = chunk * kDotChunk;
-        gather_input_columns<kDotChunk>(x, a, group, q0, cols.data(), offsets);
-        gather_rows<kDotChunk>(go, a.cout, a.oh * a.ow, pixels, o_first, cout_g, q0, go_rows.data());
-        correlate_chunk<kDotChunk>(rows, go_rows.data(), cols.data(), dots);
+      for (int64_t slice = begin; slice < end; ++slice) {
+        T* dots = partial.data() + slice * rows.num_values;
+        for (int64_t chunk = slice * chunks / slices; chunk < (slice + 1) * chunks / slices; ++chunk) {
+          const int64_t q0 = chunk * kDotChunk;
+          gather_input_columns<kDotChunk>(x, a, group, q0, cols.data(), offsets);
+          gather_rows<kDotChunk>(go, a.cout, a.oh * a.ow, pixels, o_first, cout_g, q0, go_rows.data());
+          correlate_chunk<kDotChunk>(rows, go_rows.data(), cols.data(), dots);
+        }
       }
     });
     for (const RowGroup& g : rows.groups) {
@@ -48,7 +56,7 @@ void grad_weight_kernel(const T* go, const T* x, const Plan& plan, const ConvArg
         T* filter = gw + (o_first + rows.row_ids[slot]) * filter_size;
         for (int64_t e = 0; e < g.nnz; ++e) {
           T sum = 0;
-          for (int64_t t = 0; t < threads; ++t) sum += partial[t * rows.num_values + rows.value_offset[slot] + e];
+          for (int64_t t = 0; t < slices; ++t) sum += partial[t * rows.num_values + rows.value_offset[slot] + e];
           filter[list[e]] = sum * scale;
         }
       }
