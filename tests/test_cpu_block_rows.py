@@ -1,6 +1,7 @@
-"""The cpu backend's block-row GEMM path (csrc/cpu/block_rows.cpp): block masks with
-bo >= 8 (forward, grad-weight) or bi >= 8 (grad-input) and groups == 1, against F.conv2d
-on the masked weight in float64."""
+"""Block masks on the cpu backend with the block shapes of its block-row GEMM path
+(csrc/cpu/block_rows.cpp: grad-weight of block masks with bo >= 8, groups == 1) and
+small ones that keep the sparse rows, against F.conv2d on the masked weight in float64:
+forward and both gradients, NaN in masked weights, masked gradients exactly 0."""
 
 from __future__ import annotations
 
@@ -73,13 +74,14 @@ def test_block_rows_match_masked_conv(geometry, bo_bi, keep, dtype):
     assert (got[2][~m] == 0).all()
 
 
-def test_block_rows_deterministic_across_thread_counts():
+@pytest.mark.parametrize("geometry", ["batch1", "dilated"])  # two block rows, one
+def test_block_rows_deterministic_across_thread_counts(geometry):
     threads = torch.get_num_threads()
-    first = run("batch1", (32, 32), 0.5, torch.float32)[0]
+    first = run(geometry, (32, 32), 0.5, torch.float32)[0]
     try:
         for t in (1, max(2, threads)):
             torch.set_num_threads(t)
-            again = run("batch1", (32, 32), 0.5, torch.float32)[0]
+            again = run(geometry, (32, 32), 0.5, torch.float32)[0]
             for a, b in zip(first, again):
                 assert torch.equal(a, b), t
     finally:

@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "../conv_args.h"
-#include "block_rows.h"
 #include "checks.h"
 #include "columns.h"
 #include "compacted.h"
@@ -68,8 +67,6 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
   at::Tensor output;
   if (spans_input_channels(a) && a.n > 0) {
     output = compacted_forward(input, weight, mask, bias, a, scale);
-  } else if (block_rows_fit_output(a) && a.n > 0) {
-    output = block_rows_forward(input.contiguous(), weight, mask, bias_c, a, scale);
   } else {
     output = at::empty({a.n, a.cout, a.oh, a.ow}, input.options());
     if (output.numel() > 0) {

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "../conv_args.h"
-#include "block_rows.h"
 #include "checks.h"
 #include "columns.h"
 #include "compacted.h"
@@ -67,8 +66,6 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
   at::Tensor grad_input;
   if (spans_input_channels(a) && a.n > 0) {
     grad_input = compacted_grad_input(grad_output, weight, mask, a, scale);
-  } else if (block_rows_fit_input(a) && a.n > 0) {
-    grad_input = block_rows_grad_input(grad_output, weight, mask, a, scale);
   } else {
     grad_input = at::empty(input_size, grad_output.options());
     if (grad_input.numel() > 0) {

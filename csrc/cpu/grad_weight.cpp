@@ -84,7 +84,7 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   if (spans_input_channels(a) && a.n > 0) {
     return compacted_grad_weight(grad_output, input, mask, a, scale);
   }
-  if (block_rows_fit_output(a)) {
+  if (block_rows_fit(a)) {
     return block_rows_grad_weight(grad_output, input, mask, a, scale);
   }
   at::Tensor grad_weight = at::zeros(weight_size, grad_output.options());
