@@ -16,11 +16,11 @@ CPU_DTYPES = (torch.float32, torch.float64)
 # grad-input, grad-weight) measured faster than dense on every layer of
 # `python -m rskcnn bench` (benchmarks/results/cpu-float32.md). Where the fraction is
 # unknown (under torch.compile), auto uses this backend only if the bound is 1.
-# Measured 2026-11-25 (2 AVX-512 cores, float32): filter steps cross dense at a kept
-# fraction of about 0.5 on the paper's layer (about 0.75 on VGG-16's and ResNet-18's);
-# tap, block and element steps stayed slower than dense at every measured keep on at
-# least one layer.
-FASTER_THAN_DENSE_BELOW = {"filter": 0.45, "tap": 0.0, "block": 0.0, "element": 0.0, "grouped": 0.0}
+# Measured 2026-11-26 (2 AVX-512 cores, float32): filter steps beat dense at p = 0.5 on
+# every layer (0.59-0.94) but not at 0.75 on the paper's layer (1.18); tap and block beat
+# dense at p = 0.25 on the 256/512-channel layers but not on the paper's 7x7 layer; element
+# never did.
+FASTER_THAN_DENSE_BELOW = {"filter": 0.5, "tap": 0.0, "block": 0.0, "element": 0.0, "grouped": 0.0}
 
 INT32_MAX = 2**31 - 1
 
