@@ -48,11 +48,17 @@ tests=(tests/test_cuda.py tests/test_tile_plans.py tests/test_triton.py tests/te
 step tests python -m pytest "${tests[@]}" -q -p no:cacheprovider --junitxml="$out/tests.xml" -rs
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+memcheck() {  # memcheck BACKEND: a sandbox (gVisor) may refuse the device; that is no failure of ours
+  local log; log=$(mktemp)
+  "$sanitizer" --tool memcheck --error-exitcode 1 python benchmarks/sanitize_smoke.py --backend "$1" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" != 0 ] && grep -q "Device not supported" "$log"; then
+    echo "::: memcheck-$1 skipped: compute-sanitizer does not support this device (sandboxed GPU)"; rc=0
+  fi
+  rm -f "$log"; return "$rc"
+}
 if [ -n "$sanitizer" ]; then
-  for backend in cuda triton; do
-    step "memcheck-$backend" "$sanitizer" --tool memcheck --error-exitcode 1 \
-      python benchmarks/sanitize_smoke.py --backend "$backend"
-  done
+  for backend in cuda triton; do step "memcheck-$backend" memcheck "$backend"; done
 else
   echo "::: memcheck skipped: compute-sanitizer is not on PATH"
 fi
