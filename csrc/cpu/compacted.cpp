@@ -33,10 +33,11 @@ std::vector<Cell> kept_cells(const at::Tensor& mask, const ConvArgs& a) {
 }
 
 // Kept filters of a cell, restricted to its taps and scaled: (kept, Cin, rows, cols).
+// Sliced before the gather, so that a one-tap cell copies 1/(KH*KW) of each filter.
 at::Tensor cell_weight(const at::Tensor& weight, const Cell& c, double scale) {
-  at::Tensor w = weight.index_select(0, c.kept)
-                     .slice(2, c.rows.begin, c.rows.end)
-                     .slice(3, c.cols.begin, c.cols.end);
+  at::Tensor w = weight.slice(2, c.rows.begin, c.rows.end)
+                     .slice(3, c.cols.begin, c.cols.end)
+                     .index_select(0, c.kept);
   return scale == 1.0 ? w.contiguous() : w.mul(scale);
 }
 
