@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+#include <vector>
+
 #include "block_mask.h"
 
 namespace rskcnn {
@@ -101,6 +104,24 @@ inline void check_same_device_dtype(const at::Tensor& ref, const at::Tensor& t, 
               ref_name, " is on ", ref.device());
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "rskcnn: ", name, " has dtype ",
               t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type());
+}
+
+
+// grad_output must have the output shape (N, Cout, OH, OW) of the convolution.
+inline void check_grad_output_shape(const at::Tensor& grad_output, const ConvArgs& a) {
+  const std::vector<int64_t> expected{a.n, a.cout, a.oh, a.ow};
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "rskcnn: grad_output must have shape ",
+              at::IntArrayRef(expected), ", got ", grad_output.sizes());
+}
+
+// The bias, checked against input and Cout and made contiguous; undefined without one.
+inline at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& input,
+                               int64_t cout) {
+  if (!bias.has_value()) return at::Tensor();
+  check_same_device_dtype(input, *bias, "bias", "input");
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == cout, "rskcnn: bias must have shape (", cout,
+              ",), got ", bias->sizes());
+  return bias->contiguous();
 }
 
 }  // namespace rskcnn

@@ -56,13 +56,7 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
   check_cpu_mask(mask);
   const ConvArgs a = make_conv_args(input.sizes(), weight.sizes(), mask, stride, padding,
                                     dilation, groups, block);
-  at::Tensor bias_c;
-  if (bias.has_value()) {
-    check_same_device_dtype(input, *bias, "bias", "input");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == a.cout, "rskcnn: bias must have shape (",
-                a.cout, ",), got ", bias->sizes());
-    bias_c = bias->contiguous();
-  }
+  const at::Tensor bias_c = checked_bias(bias, input, a.cout);
 
   at::Tensor output;
   if (spans_input_channels(a) && a.n > 0) {

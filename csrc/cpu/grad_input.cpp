@@ -59,9 +59,7 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
   check_cpu_mask(mask);
   const ConvArgs a = make_conv_args(input_size, weight.sizes(), mask, stride, padding, dilation,
                                     groups, block);
-  const std::vector<int64_t> expected{a.n, a.cout, a.oh, a.ow};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "rskcnn: grad_output must have shape ",
-              at::IntArrayRef(expected), ", got ", grad_output.sizes());
+  check_grad_output_shape(grad_output, a);
 
   at::Tensor grad_input;
   if (spans_input_channels(a) && a.n > 0) {

@@ -77,9 +77,7 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   check_cpu_mask(mask);
   const ConvArgs a = make_conv_args(input.sizes(), weight_size, mask, stride, padding, dilation,
                                     groups, block);
-  const std::vector<int64_t> expected{a.n, a.cout, a.oh, a.ow};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "rskcnn: grad_output must have shape ",
-              at::IntArrayRef(expected), ", got ", grad_output.sizes());
+  check_grad_output_shape(grad_output, a);
 
   if (spans_input_channels(a) && a.n > 0) {
     return compacted_grad_weight(grad_output, input, mask, a, scale);

@@ -75,14 +75,6 @@ at::Tensor nhwc(const at::Tensor& t) {
   return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
 }
 
-at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor& input, int64_t cout) {
-  if (!bias.has_value()) return at::Tensor();
-  check_same_device_dtype(input, *bias, "bias", "input");
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == cout, "rskcnn: bias must have shape (", cout,
-              ",), got ", bias->sizes());
-  return bias->contiguous();
-}
-
 // Splits of the grad-weight pixel reduction: enough CTAs for two waves over the SMs,
 // each split still reducing at least 1024 pixels, at most 16 (the fp32 workspace grows
 // with the count).
@@ -137,9 +129,7 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const ConvArgs a = make_conv_args(input_size, weight.sizes(), mask, stride, padding, dilation,
                                     groups, block);
-  const std::vector<int64_t> expected{a.n, a.cout, a.oh, a.ow};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "rskcnn: grad_output must have shape ",
-              at::IntArrayRef(expected), ", got ", grad_output.sizes());
+  check_grad_output_shape(grad_output, a);
   at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(
                                                     follow_memory_format(grad_output)));
   if (grad_input.numel() == 0) return grad_input;
@@ -170,9 +160,7 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const ConvArgs a = make_conv_args(input.sizes(), weight_size, mask, stride, padding, dilation,
                                     groups, block);
-  const std::vector<int64_t> expected{a.n, a.cout, a.oh, a.ow};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "rskcnn: grad_output must have shape ",
-              at::IntArrayRef(expected), ", got ", grad_output.sizes());
+  check_grad_output_shape(grad_output, a);
   if (grad_output.numel() == 0 || input.numel() == 0) {
     return at::zeros(weight_size, grad_output.options());
   }
