@@ -242,3 +242,36 @@ def tolerances(dtype: torch.dtype, reduction: int) -> dict:
 def assert_close(actual, expected, dtype: torch.dtype, reduction: int, msg: str = "") -> None:
     torch.testing.assert_close(actual.to(expected.dtype), expected, check_dtype=False,
                                msg=lambda m: f"{msg}: {m}" if msg else m, **tolerances(dtype, reduction))
+
+
+# --------------------------------------------------------------------------- CUDA steps
+
+
+def check_step_without_sync_in_cuda_graph(layer, x) -> None:
+    """A whole step of ``layer`` (fresh mask, forward, backward) on a side stream under
+    sync-debug 'error', then captured in a CUDA graph and replayed: each replay draws a new
+    mask inside the graph, so outputs and weight gradients change between replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up: compiles or loads kernels outside capture
+            layer(x).square().sum().backward()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer(x).square().sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    layer.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):
+        out = layer(x)
+        out.square().sum().backward()
+    graph.replay()
+    first_out, first_grad = out.clone(), layer.weight.grad.clone()
+    layer.weight.grad.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.isfinite(layer.weight.grad).all()
+    assert not torch.equal(first_out, out), "masks must be redrawn on replay"
+    assert not torch.equal(first_grad, layer.weight.grad), "the mask did not change between replays"

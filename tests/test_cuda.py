@@ -20,7 +20,8 @@ from rskcnn import _extension
 from rskcnn.backends import ConvCall, calibration, choose
 from rskcnn.backends.reference import reference_conv2d
 
-from conftest import ConvConfig, as_layout, leaf_copy, make_inputs, requires_cpu_ops
+from conftest import (ConvConfig, as_layout, check_step_without_sync_in_cuda_graph, leaf_copy, make_inputs,
+                      requires_cpu_ops)
 from test_parity import Result, check_result, full_mask, run_oracle
 
 CUDA = torch.cuda.is_available()
@@ -294,25 +295,7 @@ def test_cuda_step_has_no_host_sync_runs_on_a_side_stream_and_replays_in_a_graph
     layer = rskcnn.RSKConv2d(64, 64, 3, padding=1, keep_prob=0.5, granularity=granularity,
                              backend="cuda", device="cuda")
     x = torch.randn(8, 64, 14, 14, device="cuda", requires_grad=True)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            layer(x).square().sum().backward()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    layer.zero_grad(set_to_none=False)
-    with torch.cuda.graph(graph):
-        out = layer(x)
-    grads = []
-    for _ in range(2):
-        graph.replay()
-        grads.append(out.clone())
-    torch.cuda.synchronize()
-    assert not torch.equal(grads[0], grads[1]), "masks must be redrawn on replay"
+    check_step_without_sync_in_cuda_graph(layer, x)
 
 
 @requires_cuda_backend

@@ -18,7 +18,7 @@ import rskcnn
 from rskcnn import backends as rsk_backends
 from rskcnn.backends import reference_conv2d
 
-from conftest import ConvConfig, as_layout, leaf_copy, make_inputs
+from conftest import ConvConfig, as_layout, check_step_without_sync_in_cuda_graph, leaf_copy, make_inputs
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -300,28 +300,7 @@ def test_training_step_has_no_host_sync_and_replays_in_a_cuda_graph(granularity)
     layer = rskcnn.RSKConv2d(32, 48, 3, padding=1, keep_prob=0.5, granularity=granularity, block_size=(16, 16),
                              backend="triton", device="cuda")
     x = torch.randn(4, 32, 12, 12, device="cuda", requires_grad=True)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):  # warm-up: compiles the kernels outside capture
-            layer(x).square().sum().backward()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            layer(x).square().sum().backward()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    layer.zero_grad(set_to_none=False)
-    with torch.cuda.graph(graph):
-        loss = layer(x).square().sum()
-        loss.backward()
-    graph.replay()
-    first = layer.weight.grad.clone()
-    layer.weight.grad.zero_()
-    graph.replay()
-    assert torch.isfinite(layer.weight.grad).all()
-    assert not torch.equal(first, layer.weight.grad), "the mask did not change between replays"
+    check_step_without_sync_in_cuda_graph(layer, x)
 
 
 @requires_cuda
