@@ -1,78 +1,117 @@
 #!/usr/bin/env bash
 # The GPU suite, in one call on a fresh CUDA machine with torch, triton, ninja and pybind11
-# and no network: versions, timed build, CUDA tests, compute-sanitizer, benchmark of dense
-# cuDNN, masked-dense, triton and cuda (bf16 and TF32, channels_last), and auto's
-# calibration table for the card.
-#   bash benchmarks/gpu_suite.sh --out DIR [--quick]
-# Writes DIR/suite.log, DIR/tests.xml, DIR/bench-{bf16,tf32,element}.{json,md} and
-# DIR/calibration.json (8 files); exits non-zero if any step failed.
+# and no network: versions, timed build, a parity smoke test, the CUDA tests,
+# compute-sanitizer, a kernel profile, benchmarks of dense cuDNN, masked-dense, triton and
+# cuda (bf16 and TF32, channels_last), and auto's calibration table for the card.
+#   bash benchmarks/gpu_suite.sh --out DIR [--quick] [--budget SECONDS]
+# Steps run most-informative first, each under its own time cap and all under --budget
+# (default 450 s), so that a slow step costs only what comes after it. Writes 8 files to
+# DIR, copied there after every step: suite.log, tests-cuda.xml, tests-triton.xml,
+# bench-{bf16,tf32,element}.json, profile.txt and calibration.json (rskcnn.cli.report
+# renders a bench JSON as markdown). Exits non-zero if any step failed or was not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-out="benchmarks/results/gpu" quick=0
+out="benchmarks/results/gpu" quick=0 budget=450
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
-    *) echo "usage: $0 --out DIR [--quick]" >&2; exit 2 ;;
+    --budget) budget="$2"; shift 2 ;;
+    *) echo "usage: $0 --out DIR [--quick] [--budget SECONDS]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
+work=$(mktemp -d)
 exec > >(tee "$out/suite.log") 2>&1
+py=$(command -v python3 || command -v python)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build, for scripts and pytest alike
 
 failed=()
-step() {  # step NAME COMMAND...: runs and times it, records a failure
-  local name="$1"; shift
-  echo "::: $name: $*"
+collect() {  # the step's files into DIR, so that they survive a later step's overrun
+  for f in bench-bf16.json bench-tf32.json bench-element.json calibration.json profile.txt; do
+    [ -f "$work/$f" ] && cp "$work/$f" "$out/"
+  done
+  return 0
+}
+step() {  # step NAME CAP_SECONDS COMMAND...: run under min(cap, what the budget has left)
+  local name="$1" cap="$2"; shift 2
+  local left=$((budget - SECONDS - 5))
+  [ "$cap" -gt "$left" ] && cap=$left
+  if [ "$cap" -lt 15 ]; then echo "::: $name NOT RUN: the budget of $budget s is spent"; failed+=("$name"); return; fi
+  echo "::: $name (cap $cap s): $*"
   local start=$SECONDS
-  if "$@"; then echo "::: $name ok ($((SECONDS - start)) s)"; else echo "::: $name FAILED ($((SECONDS - start)) s)"; failed+=("$name"); fi
+  timeout -k 10 "$cap" bash -c '"$@"' _ "$@"  # bash -c: a step may be one of the functions here
+  local rc=$?
+  if [ "$rc" = 0 ]; then echo "::: $name ok ($((SECONDS - start)) s)"
+  else echo "::: $name FAILED rc=$rc ($((SECONDS - start)) s)"; failed+=("$name"); fi
+  collect
 }
 
 versions() {
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || return 1
-  python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'triton', triton.__version__, 'device', torch.cuda.get_device_name())" || return 1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || return 1
+  "$py" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', triton.__version__, 'device', torch.cuda.get_device_name(), 'sms', \
+torch.cuda.get_device_properties(0).multi_processor_count)" || return 1
   nvcc --version | tail -2 || true
+  nproc
 }
-step versions versions
+export -f versions
+step versions 30 versions
 
-# Offline install from the working tree: no build isolation, no dependency resolution; the
-# CUDA kernels for this card's architecture only, which halves the build.
-arch=$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-step build env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
-  python -m pip install --no-build-isolation --no-deps --no-index -e .
-step info python -m rskcnn info
+# Offline in-place build for this card's architecture only; a CPU-only rebuild if the CUDA
+# one fails, so that the triton steps still run.
+arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+build() { env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" MAX_JOBS="$(nproc)" "$@" \
+  "$py" setup.py -q build_ext --inplace; }
+export -f build; export py arch
+step build 300 build
+if [[ " ${failed[*]} " == *" build "* ]]; then step build-cpu-only 200 build env FORCE_CUDA=0; fi
+step info 30 "$py" -m rskcnn info
 
-tests=(tests/test_cuda.py tests/test_tile_plans.py tests/test_triton.py tests/test_triton_element.py
-       tests/test_dtypes.py tests/test_compile.py tests/test_opcheck.py)
-step tests python -m pytest "${tests[@]}" -q -p no:cacheprovider --junitxml="$out/tests.xml" -rs
+# Parity of every granularity, forward and both gradients, against the reference: the
+# first thing to read if a kernel is wrong. Launches are synchronous so an error names its op.
+for backend in cuda triton; do
+  for dtype in float32 bfloat16; do
+    step "smoke-$backend-$dtype" 90 env CUDA_LAUNCH_BLOCKING=1 "$py" benchmarks/sanitize_smoke.py \
+      --backend "$backend" --dtype "$dtype"
+  done
+done
+
+pytest=("$py" -m pytest -q -p no:cacheprovider -rfEs)  # plus workers and a per-test cap where installed
+"$py" -c "import xdist" 2>/dev/null && pytest+=(-n 8)
+"$py" -c "import pytest_timeout" 2>/dev/null && pytest+=(--timeout 120)
+step tests-cuda 200 "${pytest[@]}" --junitxml="$out/tests-cuda.xml" tests/test_cuda.py \
+  tests/test_tile_plans.py tests/test_dtypes.py tests/test_opcheck.py
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 memcheck() {  # memcheck BACKEND: a sandbox (gVisor) may refuse the device; that is no failure of ours
   local log; log=$(mktemp)
-  "$sanitizer" --tool memcheck --error-exitcode 1 python benchmarks/sanitize_smoke.py --backend "$1" 2>&1 | tee "$log"
+  "$sanitizer" --tool memcheck --error-exitcode 1 "$py" benchmarks/sanitize_smoke.py --backend "$1" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   if [ "$rc" != 0 ] && grep -q "Device not supported" "$log"; then
     echo "::: memcheck-$1 skipped: compute-sanitizer does not support this device (sandboxed GPU)"; rc=0
   fi
   rm -f "$log"; return "$rc"
 }
-if [ -n "$sanitizer" ]; then
-  for backend in cuda triton; do step "memcheck-$backend" memcheck "$backend"; done
-else
-  echo "::: memcheck skipped: compute-sanitizer is not on PATH"
-fi
+export -f memcheck; export sanitizer
+[ -n "$sanitizer" ] && step memcheck-cuda 120 memcheck cuda
 
-bench=(python -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 --batch 32
-       --granularities filter,block,tap,element --block-size 32,32 --out "$out" --no-progress)
-if [ "$quick" = 1 ]; then bench+=(--keep-probs 0.5 --min-run-time 0.1); else bench+=(--min-run-time 0.2); fi
-step bench-bf16 "${bench[@]}" --dtype bfloat16 --tag bench-bf16
-step bench-tf32 "${bench[@]}" --dtype float32 --tf32 --tag bench-tf32
+bench=("$py" -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 --batch 32
+       --granularities filter,block,tap,element --block-size 32,32 --out "$work" --no-progress)
+if [ "$quick" = 1 ]; then bench+=(--keep-probs 0.5 --min-run-time 0.05); else bench+=(--min-run-time 0.1); fi
+step bench-bf16 150 "${bench[@]}" --dtype bfloat16 --tag bench-bf16
+step tests-triton 150 "${pytest[@]}" --junitxml="$out/tests-triton.xml" tests/test_triton.py \
+  tests/test_triton_element.py tests/test_compile.py
+step profile 60 bash -c "'$py' benchmarks/profile_gpu.py | tee '$work/profile.txt'"
+step bench-tf32 120 "${bench[@]}" --dtype float32 --tf32 --tag bench-tf32
 # The element target: the sparse kernels against cuDNN at very low keep.
-step bench-element python -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 --batch 32 \
-  --granularities element --keep-probs 0.05,0.1,0.25 --dtype bfloat16 --min-run-time 0.1 --out "$out" \
-  --no-progress --tag bench-element
-step calibrate python -m rskcnn calibrate "$out/bench-bf16.json" "$out/bench-tf32.json" --out "$out/calibration.json"
+step bench-element 60 "$py" -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 \
+  --batch 32 --granularities element --keep-probs 0.05,0.1,0.25 --dtype bfloat16 --min-run-time 0.05 \
+  --out "$work" --no-progress --tag bench-element
+[ -n "$sanitizer" ] && step memcheck-triton 90 memcheck triton
+step calibrate 30 "$py" -m rskcnn calibrate "$work/bench-bf16.json" "$work/bench-tf32.json" \
+  --out "$work/calibration.json"
 
-if [ ${#failed[@]} -gt 0 ]; then echo "::: FAILED: ${failed[*]}"; exit 1; fi
-echo "::: all steps passed"
+if [ ${#failed[@]} -gt 0 ]; then echo "::: FAILED or NOT RUN: ${failed[*]} (after $SECONDS s)"; exit 1; fi
+echo "::: all steps passed ($SECONDS s)"
