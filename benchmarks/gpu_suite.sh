@@ -3,7 +3,7 @@
 # and no network: versions, timed build, a parity smoke test, the CUDA tests,
 # compute-sanitizer, a kernel profile, benchmarks of dense cuDNN, masked-dense, triton and
 # cuda (bf16 and TF32, channels_last), and auto's calibration table for the card.
-#   bash benchmarks/gpu_suite.sh --out DIR [--quick] [--budget SECONDS]
+#   bash benchmarks/gpu_suite.sh --out DIR [--quick] [--budget SECONDS] [--only STEP,STEP...]
 # Steps run most-informative first, each under its own time cap and all under --budget
 # (default 450 s), so that a slow step costs only what comes after it. Writes 8 files to
 # DIR, copied there after every step: suite.log, tests-cuda.xml, tests-triton.xml,
@@ -12,19 +12,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-out="benchmarks/results/gpu" quick=0 budget=450
+out="benchmarks/results/gpu" quick=0 budget=450 only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --budget) budget="$2"; shift 2 ;;
-    *) echo "usage: $0 --out DIR [--quick] [--budget SECONDS]" >&2; exit 2 ;;
+    --only) only=",$2,"; shift 2 ;;
+    *) echo "usage: $0 --out DIR [--quick] [--budget SECONDS] [--only STEP,STEP...]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
 work=$(mktemp -d)
 exec > >(tee "$out/suite.log") 2>&1
 py=$(command -v python3 || command -v python)
+export py
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build, for scripts and pytest alike
 
 failed=()
@@ -36,6 +38,7 @@ collect() {  # the step's files into DIR, so that they survive a later step's ov
 }
 step() {  # step NAME CAP_SECONDS COMMAND...: run under min(cap, what the budget has left)
   local name="$1" cap="$2"; shift 2
+  [ -n "$only" ] && [[ "$only" != *",$name,"* ]] && return 0
   local left=$((budget - SECONDS - 5))
   [ "$cap" -gt "$left" ] && cap=$left
   if [ "$cap" -lt 15 ]; then echo "::: $name NOT RUN: the budget of $budget s is spent"; failed+=("$name"); return; fi
@@ -54,7 +57,7 @@ versions() {
 'triton', triton.__version__, 'device', torch.cuda.get_device_name(), 'sms', \
 torch.cuda.get_device_properties(0).multi_processor_count)" || return 1
   nvcc --version | tail -2 || true
-  nproc
+  echo "nproc $(nproc); CC=${CC:-} CXX=${CXX:-}; c++: $(command -v c++) $(c++ --version | head -1)"
 }
 export -f versions
 step versions 30 versions
@@ -68,6 +71,7 @@ export -f build; export py arch
 step build 300 build
 if [[ " ${failed[*]} " == *" build "* ]]; then step build-cpu-only 200 build env FORCE_CUDA=0; fi
 step info 30 "$py" -m rskcnn info
+step cpp-errors 60 "$py" benchmarks/check_cpp_errors.py
 
 # Parity of every granularity, forward and both gradients, against the reference: the
 # first thing to read if a kernel is wrong. Launches are synchronous so an error names its op.
@@ -78,8 +82,9 @@ for backend in cuda triton; do
   done
 done
 
-pytest=("$py" -m pytest -q -p no:cacheprovider -rfEs)  # plus workers and a per-test cap where installed
-"$py" -c "import xdist" 2>/dev/null && pytest+=(-n 8)
+# -v: with workers, each result is printed as it comes, so a step cut short still names its failures
+pytest=("$py" -m pytest -v -p no:cacheprovider -rfEs --tb=short)  # plus workers and a per-test cap where installed
+"$py" -c "import xdist" 2>/dev/null && pytest+=(-n 12)
 "$py" -c "import pytest_timeout" 2>/dev/null && pytest+=(--timeout 120)
 step tests-cuda 200 "${pytest[@]}" --junitxml="$out/tests-cuda.xml" tests/test_cuda.py \
   tests/test_tile_plans.py tests/test_dtypes.py tests/test_opcheck.py
@@ -99,11 +104,11 @@ export -f memcheck; export sanitizer
 
 bench=("$py" -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 --batch 32
        --granularities filter,block,tap,element --block-size 32,32 --out "$work" --no-progress)
-if [ "$quick" = 1 ]; then bench+=(--keep-probs 0.5 --min-run-time 0.05); else bench+=(--min-run-time 0.1); fi
+bench+=(--min-run-time 0.05); [ "$quick" = 1 ] && bench+=(--keep-probs 0.5)
 step bench-bf16 150 "${bench[@]}" --dtype bfloat16 --tag bench-bf16
+step profile 60 bash -c "'$py' benchmarks/profile_gpu.py | tee '$work/profile.txt'"
 step tests-triton 150 "${pytest[@]}" --junitxml="$out/tests-triton.xml" tests/test_triton.py \
   tests/test_triton_element.py tests/test_compile.py
-step profile 60 bash -c "'$py' benchmarks/profile_gpu.py | tee '$work/profile.txt'"
 step bench-tf32 120 "${bench[@]}" --dtype float32 --tf32 --tag bench-tf32
 # The element target: the sparse kernels against cuDNN at very low keep.
 step bench-element 60 "$py" -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 \

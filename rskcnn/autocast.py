@@ -94,5 +94,7 @@ def register_autocast_rule(op: str, device_type: str, run_dtypes: Sequence[torch
 
 
 if _extension.has_ops():
-    # The C++ CPU kernels compute in float32/float64 only.
+    # The C++ CPU kernels compute in float32/float64 only; the CUDA ones in half precision too.
     register_autocast_rule("rskcnn::masked_conv2d", "cpu", run_dtypes=())
+    if _extension.cuda_built():
+        register_autocast_rule("rskcnn::masked_conv2d", "cuda", run_dtypes=(torch.float16, torch.bfloat16))

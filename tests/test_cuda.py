@@ -51,6 +51,8 @@ def test_extension_contains_the_cuda_kernels_where_a_toolkit_is():
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rskcnn::{op}", "CUDA"), op
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rskcnn::{op}", "CPU"), op
+    # Under torch.autocast("cuda") the forward returns autocast's dtype, as nn.Conv2d does.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("rskcnn::masked_conv2d", "AutocastCUDA")
 
 
 def test_cuda_backend_says_why_it_cannot_run_on_the_cpu():
@@ -213,7 +215,10 @@ def test_cuda_input_layouts(layout, granularity):
 @pytest.mark.parametrize("granularity", ["element", "tap", "filter", "block"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "tf32"], ids=str)
 def test_cuda_low_precision_within_twice_torchs_error(granularity, dtype, monkeypatch):
-    """Error against the float64 oracle <= 2 x torch's own error in the same dtype + atol."""
+    """Error against the float64 oracle <= 2 x torch's own error in the same dtype + atol.
+    TF32: cuDNN may pick full-float32 kernels even when TF32 is allowed (seen on an H200 for
+    grad-input), so torch's error is no yardstick there; the bound is TF32's own instead,
+    a relative (Frobenius) error of at most 2e-3 (10-bit mantissa operands, float32 sums)."""
     tf32 = dtype == "tf32"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     dtype = torch.float32 if tf32 else dtype
@@ -232,7 +237,11 @@ def test_cuda_low_precision_within_twice_torchs_error(granularity, dtype, monkey
         want = getattr(oracle, field)
         ours_err = (getattr(ours, field).double() - want).abs().max().item()
         torch_err = (theirs.double() - want).abs().max().item()
-        assert ours_err <= 2 * torch_err + 1e-2, f"{field}: {ours_err} vs torch {torch_err}"
+        if tf32:
+            rel = ((getattr(ours, field).double() - want).norm() / want.norm()).item()
+            assert rel <= 2e-3, f"{field}: relative error {rel:.2e} (torch's max error {torch_err:.2e})"
+        else:
+            assert ours_err <= 2 * torch_err + 1e-2, f"{field}: {ours_err} vs torch {torch_err}"
 
 
 @requires_cuda_backend

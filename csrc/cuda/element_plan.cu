@@ -1,6 +1,8 @@
-// Element-mask row lists on the GPU: one thread per row runs plan_row / plan_column of
-// csrc/block_mask.h on an element geometry (block 1x1x1x1), then a rank kernel orders
-// the rows longest first. Two launches, no host sync.
+// Element-mask row lists on the GPU: one warp per row walks its flags 32 at a time
+// (coalesced), and a ballot gives each kept flag its slot, so the lists come out
+// increasing, exactly as plan_row / plan_column of csrc/block_mask.h write them on an
+// element geometry. A rank kernel then orders the rows longest first. Two launches,
+// no host sync.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
@@ -13,6 +15,9 @@ namespace rskcnn::cuda::element {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kWarpSize = 32;
+constexpr int kWarps = kThreads / kWarpSize;  // rows per CTA of the row kernels
+constexpr unsigned kFullMask = 0xffffffffu;
 
 __device__ void check_row(const int32_t* list, int32_t count, int64_t capacity) {
 #ifdef RSKCNN_CUDA_DEBUG
@@ -24,29 +29,61 @@ __device__ void check_row(const int32_t* list, int32_t count, int64_t capacity) 
 #endif
 }
 
-// geo: element geometry of the whole weight (Cout, Cin_g, KH, KW).
-__global__ void filter_rows_kernel(const bool* keep, BlockMaskGeometry geo, int64_t capacity,
-                                   int32_t* entries, int32_t* counts) {
-  const int64_t o = blockIdx.x * int64_t{kThreads} + threadIdx.x;
-  if (o >= geo.cout) return;
-  int32_t* list = entries + o * capacity;
-  const int32_t count = plan_row(keep, geo, o, list);
-  check_row(list, count, capacity);
-  counts[o] = count;
+// Called by a whole warp with a warp-uniform row: appends each j in [0, n) with
+// kept(j) to list, in increasing order, and writes the count. Lane l looks at j =
+// base + l, so a step covers 32 consecutive j; the kept lanes below l give l's slot
+// and the running count stays the same in every lane.
+template <typename Kept>
+__device__ void compact_row(int64_t n, int64_t capacity, Kept kept, int32_t* list,
+                            int32_t* count_out) {
+  const int lane = static_cast<int>(threadIdx.x % kWarpSize);
+  const unsigned below = (1u << lane) - 1;  // lanes 0 .. lane-1; 0 for lane 0
+  int32_t count = 0;
+  for (int64_t base = 0; base < n; base += kWarpSize) {
+    const int64_t j = base + lane;
+    const bool mine = j < n && kept(j);
+    const unsigned ballot = __ballot_sync(kFullMask, mine);
+    if (mine) list[count + __popc(ballot & below)] = static_cast<int32_t>(j);
+    count += __popc(ballot);
+  }
+  // check_row reads the other lanes' stores.
+  __syncwarp();
+  if (lane == 0) {
+    check_row(list, count, capacity);
+    *count_out = count;
+  }
 }
 
-// geo: element geometry of one group's filters (Cout_g, Cin_g, KH, KW). They are a
-// contiguous slice of keep, so the column plan of that slice is exactly the group's list.
-__global__ void input_rows_kernel(const bool* keep, BlockMaskGeometry geo, int64_t rows,
-                                  int64_t capacity, int32_t* entries, int32_t* counts) {
-  const int64_t c = blockIdx.x * int64_t{kThreads} + threadIdx.x;
-  if (c >= rows) return;
-  const int64_t group = c / geo.cin_g;
-  const bool* group_keep = keep + group * geo.cout * geo.cin_g * geo.kh * geo.kw;
-  int32_t* list = entries + c * capacity;
-  const int32_t count = plan_column(group_keep, geo, c - group * geo.cin_g, list);
-  check_row(list, count, capacity);
-  counts[c] = count;
+// Row o is filter o: its flags are the capacity = Cin_g*KH*KW contiguous bools at
+// keep + o*capacity, and entry j is the flag's offset.
+__global__ void filter_rows_kernel(const bool* keep, int64_t rows, int64_t capacity,
+                                   int32_t* entries, int32_t* counts) {
+  const int64_t o = blockIdx.x * int64_t{kWarps} + threadIdx.x / kWarpSize;
+  if (o >= rows) return;  // whole warps leave, so the ballots see every lane
+  const bool* row = keep + o * capacity;
+  compact_row(capacity, capacity, [row](int64_t j) { return row[j]; }, entries + o * capacity,
+              counts + o);
+}
+
+// Row c is input channel i = c % Cin_g of group g = c / Cin_g: entry j = l*taps + t is
+// keep[g*Cout_g + l][i][t], so the flags come in runs of taps with stride Cin_g*taps.
+// capacity = Cout_g*taps.
+__global__ void input_rows_kernel(const bool* keep, int64_t rows, int64_t cout_g, int64_t cin_g,
+                                  int64_t taps, int64_t capacity, int32_t* entries,
+                                  int32_t* counts) {
+  const int64_t c = blockIdx.x * int64_t{kWarps} + threadIdx.x / kWarpSize;
+  if (c >= rows) return;  // whole warps leave, so the ballots see every lane
+  const int64_t group = c / cin_g;
+  const bool* column = keep + (group * cout_g * cin_g + (c - group * cin_g)) * taps;
+  const int64_t stride = cin_g * taps;
+  // j < capacity < 2^31 where it is called, so (l, t) can be split in 32 bits.
+  const int32_t taps32 = static_cast<int32_t>(taps);
+  compact_row(capacity, capacity,
+              [column, taps32, stride](int64_t j) {
+                const int32_t k = static_cast<int32_t>(j);
+                return column[k / taps32 * stride + k % taps32];
+              },
+              entries + c * capacity, counts + c);
 }
 
 // order[rank of r] = r, where the rank counts the rows that are longer than r or as
@@ -91,6 +128,9 @@ void check_keep(const at::Tensor& keep, const ConvArgs& a) {
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>(ceil_div(n, kThreads)); }
 
+// CTAs for the row kernels: a warp per row.
+unsigned row_blocks_for(int64_t rows) { return static_cast<unsigned>(ceil_div(rows, kWarps)); }
+
 void order_rows(ElementRows& p, cudaStream_t stream) {
   longest_first_kernel<<<blocks_for(p.rows), kThreads, 0, stream>>>(
       p.counts.const_data_ptr<int32_t>(), p.rows, p.order.mutable_data_ptr<int32_t>());
@@ -104,9 +144,8 @@ ElementRows plan_filter_rows(const at::Tensor& keep, const ConvArgs& a) {
   ElementRows p = allocate_rows(keep, a.cout, a.cin_g * a.kh * a.kw);
   if (p.rows == 0) return p;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const BlockMaskGeometry geo = make_geometry(a.cout, a.cin_g, a.kh, a.kw, 1, 1, 1, 1);
-  filter_rows_kernel<<<blocks_for(p.rows), kThreads, 0, stream>>>(
-      keep.const_data_ptr<bool>(), geo, p.capacity, p.entries.mutable_data_ptr<int32_t>(),
+  filter_rows_kernel<<<row_blocks_for(p.rows), kThreads, 0, stream>>>(
+      keep.const_data_ptr<bool>(), p.rows, p.capacity, p.entries.mutable_data_ptr<int32_t>(),
       p.counts.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   order_rows(p, stream);
@@ -119,10 +158,9 @@ ElementRows plan_input_rows(const at::Tensor& keep, const ConvArgs& a) {
   ElementRows p = allocate_rows(keep, a.cin, cout_g * a.kh * a.kw);
   if (p.rows == 0) return p;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const BlockMaskGeometry geo = make_geometry(cout_g, a.cin_g, a.kh, a.kw, 1, 1, 1, 1);
-  input_rows_kernel<<<blocks_for(p.rows), kThreads, 0, stream>>>(
-      keep.const_data_ptr<bool>(), geo, p.rows, p.capacity, p.entries.mutable_data_ptr<int32_t>(),
-      p.counts.mutable_data_ptr<int32_t>());
+  input_rows_kernel<<<row_blocks_for(p.rows), kThreads, 0, stream>>>(
+      keep.const_data_ptr<bool>(), p.rows, cout_g, a.cin_g, a.kh * a.kw, p.capacity,
+      p.entries.mutable_data_ptr<int32_t>(), p.counts.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   order_rows(p, stream);
   return p;

@@ -1,6 +1,7 @@
 // Per-row lists of kept weights for the element-mask kernels, built on the device from
-// the keep mask by the host/device planners of csrc/block_mask.h: no host sync and no
-// data-dependent allocation (each row has room for all of its weights).
+// the keep mask, a warp per row, into the same lists plan_row / plan_column of
+// csrc/block_mask.h write: no host sync and no data-dependent allocation (each row has
+// room for all of its weights).
 #pragma once
 
 #include <ATen/ATen.h>
