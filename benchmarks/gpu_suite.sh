@@ -65,9 +65,13 @@ step versions 30 versions
 # Offline in-place build for this card's architecture only; a CPU-only rebuild if the CUDA
 # one fails, so that the triton steps still run.
 arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-build() { env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" MAX_JOBS="$(nproc)" "$@" \
+# The system GCC where there is one: the lent machines' image sets CC/CXX to a GCC whose
+# extension links no libstdc++.so, and every C++ error then crashes Python (results/gpu-h200).
+compilers=""  # words for env, so it can be exported to the step's shell
+[ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ] && compilers="CC=/usr/bin/gcc CXX=/usr/bin/g++"
+build() { env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" MAX_JOBS="$(nproc)" $compilers "$@" \
   "$py" setup.py -q build_ext --inplace; }
-export -f build; export py arch
+export -f build; export py arch compilers
 step build 300 build
 if [[ " ${failed[*]} " == *" build "* ]]; then step build-cpu-only 200 build env FORCE_CUDA=0; fi
 step info 30 "$py" -m rskcnn info
@@ -105,7 +109,7 @@ export -f memcheck; export sanitizer
 bench=("$py" -m rskcnn bench --device cuda --channels-last --layers vgg16,vgg16_conv3 --batch 32
        --granularities filter,block,tap,element --block-size 32,32 --out "$work" --no-progress)
 bench+=(--min-run-time 0.05); [ "$quick" = 1 ] && bench+=(--keep-probs 0.5)
-step bench-bf16 150 "${bench[@]}" --dtype bfloat16 --tag bench-bf16
+step bench-bf16 180 "${bench[@]}" --dtype bfloat16 --tag bench-bf16
 step profile 60 bash -c "'$py' benchmarks/profile_gpu.py | tee '$work/profile.txt'"
 step tests-triton 150 "${pytest[@]}" --junitxml="$out/tests-triton.xml" tests/test_triton.py \
   tests/test_triton_element.py tests/test_compile.py
