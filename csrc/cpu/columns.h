@@ -15,16 +15,56 @@ namespace rskcnn::cpu {
 // group's first channel (-1: padding or no source) in `offsets`, so the loop over
 // channels is a plain gather.
 
+// Pixels [j, j + len) of a chunk row: a copy of src[off, off + len), or zeros if off < 0.
+struct Run {
+  int32_t j, len;
+  int64_t off;
+};
+
+// Splits one tap's row of offsets into runs of consecutive sources or of padding.
+template <int Chunk>
+void append_runs(const int64_t* off, std::vector<Run>& runs) {
+  for (int j = 0; j < Chunk;) {
+    int len = 1;
+    while (j + len < Chunk && (off[j] < 0 ? off[j + len] < 0 : off[j + len] == off[j] + len)) ++len;
+    runs.push_back(Run{j, len, off[j]});
+    j += len;
+  }
+}
+
 // cols[c * taps + t][j] = planes[c * plane + offsets[t * Chunk + j]], or 0 where the offset is -1.
+// With stride 1 a tap's chunk row is a few image-row runs, copied as such (vectorised); with
+// short runs (strided or dilated reads) it is gathered value by value.
 template <int Chunk, typename T>
 void gather_planes(const T* planes, int64_t channels, int64_t plane, int64_t taps,
                    const int64_t* offsets, T* cols) {
+  std::vector<Run> runs;
+  std::vector<size_t> first(taps + 1);
+  for (int64_t t = 0; t < taps; ++t) {
+    first[t] = runs.size();
+    append_runs<Chunk>(offsets + t * Chunk, runs);
+  }
+  first[taps] = runs.size();
+  const bool long_runs = static_cast<int64_t>(runs.size()) * 8 <= taps * Chunk;
   for (int64_t c = 0; c < channels; ++c) {
     const T* src = planes + c * plane;
     for (int64_t t = 0; t < taps; ++t) {
-      const int64_t* off = offsets + t * Chunk;
       T* row = cols + (c * taps + t) * Chunk;
-      for (int j = 0; j < Chunk; ++j) row[j] = off[j] >= 0 ? src[off[j]] : T(0);
+      if (long_runs) {
+        for (size_t r = first[t]; r < first[t + 1]; ++r) {
+          const Run& run = runs[r];
+          T* dst = row + run.j;
+          if (run.off < 0) {
+            for (int32_t k = 0; k < run.len; ++k) dst[k] = T(0);
+          } else {
+            const T* from = src + run.off;
+            for (int32_t k = 0; k < run.len; ++k) dst[k] = from[k];
+          }
+        }
+      } else {
+        const int64_t* off = offsets + t * Chunk;
+        for (int j = 0; j < Chunk; ++j) row[j] = off[j] >= 0 ? src[off[j]] : T(0);
+      }
     }
   }
 }
