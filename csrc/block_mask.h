@@ -62,8 +62,11 @@ RSKCNN_HOST_DEVICE inline int32_t plan_row(
   const int64_t n = g.taps_per_block_row();
   const bool* row = mask + ob * n;
   int32_t count = 0;
+  // Branch-free: at keep 0.5 a branch on the flag mispredicts half the time. The slot
+  // written is at most r < n, so out never needs more than n entries.
   for (int64_t r = 0; r < n; ++r) {
-    if (row[r]) out[count++] = static_cast<int32_t>(r);
+    out[count] = static_cast<int32_t>(r);
+    count += row[r] ? 1 : 0;
   }
   return count;
 }
@@ -75,8 +78,9 @@ RSKCNN_HOST_DEVICE inline int32_t plan_column(
   int32_t count = 0;
   for (int64_t ob = 0; ob < g.mo; ++ob) {
     const bool* cell = mask + (ob * g.mi + ib) * taps;
-    for (int64_t t = 0; t < taps; ++t) {
-      if (cell[t]) out[count++] = static_cast<int32_t>(ob * taps + t);
+    for (int64_t t = 0; t < taps; ++t) {  // branch-free, as in plan_row
+      out[count] = static_cast<int32_t>(ob * taps + t);
+      count += cell[t] ? 1 : 0;
     }
   }
   return count;

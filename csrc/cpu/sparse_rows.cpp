@@ -1,5 +1,7 @@
 #include "sparse_rows.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <numeric>
 
@@ -40,6 +42,11 @@ SparseRows group_rows(int64_t num_rows, KeyOf key_of, const std::vector<std::vec
   return out;
 }
 
+// Sorts a list unless it already is: element lists and one-tap blocks come out sorted.
+void sort_list(std::vector<int32_t>& list) {
+  if (!std::is_sorted(list.begin(), list.end())) std::sort(list.begin(), list.end());
+}
+
 }  // namespace
 
 SparseRows output_channel_rows(const Plan& plan, const ConvArgs& a, int64_t group) {
@@ -48,23 +55,34 @@ SparseRows output_channel_rows(const Plan& plan, const ConvArgs& a, int64_t grou
   const int64_t o_first = group * cout_g;
   const int64_t ob_first = o_first / g.bo;
   const int64_t ob_last = (o_first + cout_g - 1) / g.bo;
+  // With one input channel and one tap per block, a plan entry (ib * MH + hb) * MW + wb is
+  // already the column (i * KH + kh) * KW + kw.
+  const bool entries_are_columns = g.bi == 1 && g.bh == 1 && g.bw == 1;
 
   std::vector<std::vector<int32_t>> lists(ob_last - ob_first + 1);
-  for (int64_t ob = ob_first; ob <= ob_last; ++ob) {
-    std::vector<int32_t>& list = lists[ob - ob_first];
-    const int32_t* kept = plan.row(ob);
-    for (int32_t t = 0; t < plan.count(ob); ++t) {
-      const BlockCoord c = decode_entry(kept[t], g);
-      const IndexRange ir = block_range(c.outer, g.bi, a.cin_g);
-      const IndexRange hr = block_range(c.hb, g.bh, a.kh);
-      const IndexRange wr = block_range(c.wb, g.bw, a.kw);
-      for (int64_t i = ir.begin; i < ir.end; ++i)
-        for (int64_t kh = hr.begin; kh < hr.end; ++kh)
-          for (int64_t kw = wr.begin; kw < wr.end; ++kw)
-            list.push_back(static_cast<int32_t>((i * a.kh + kh) * a.kw + kw));
+  at::parallel_for(ob_first, ob_last + 1, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ob = begin; ob < end; ++ob) {
+      std::vector<int32_t>& list = lists[ob - ob_first];
+      const int32_t* kept = plan.row(ob);
+      const int32_t count = plan.count(ob);
+      if (entries_are_columns) {
+        list.assign(kept, kept + count);
+        continue;
+      }
+      list.reserve(static_cast<size_t>(count) * g.bi * g.bh * g.bw);
+      for (int32_t t = 0; t < count; ++t) {
+        const BlockCoord c = decode_entry(kept[t], g);
+        const IndexRange ir = block_range(c.outer, g.bi, a.cin_g);
+        const IndexRange hr = block_range(c.hb, g.bh, a.kh);
+        const IndexRange wr = block_range(c.wb, g.bw, a.kw);
+        for (int64_t i = ir.begin; i < ir.end; ++i)
+          for (int64_t kh = hr.begin; kh < hr.end; ++kh)
+            for (int64_t kw = wr.begin; kw < wr.end; ++kw)
+              list.push_back(static_cast<int32_t>((i * a.kh + kh) * a.kw + kw));
+      }
+      sort_list(list);
     }
-    std::sort(list.begin(), list.end());
-  }
+  });
   return group_rows(cout_g, [&](int64_t o) { return (o_first + o) / g.bo - ob_first; }, lists);
 }
 
@@ -73,24 +91,39 @@ SparseRows input_channel_rows(const Plan& plan, const ConvArgs& a, int64_t group
   const int64_t cout_g = a.cout / a.groups;
   const int64_t o_first = group * cout_g;
   const int64_t o_last = o_first + cout_g;
+  const int64_t taps = a.kh * a.kw;
+  // With one output channel and one tap per block, a column-plan entry (ob * MH + hb) * MW + wb
+  // is (o * KH + kh) * KW + kw: the group's entries are one sorted run, shifted by o_first * taps.
+  const bool entries_are_columns = g.bo == 1 && g.bh == 1 && g.bw == 1;
 
   std::vector<std::vector<int32_t>> lists(g.mi);
-  for (int64_t ib = 0; ib < g.mi; ++ib) {
-    std::vector<int32_t>& list = lists[ib];
-    const int32_t* kept = plan.row(ib);
-    for (int32_t t = 0; t < plan.count(ib); ++t) {
-      const BlockCoord c = decode_entry(kept[t], g);
-      const IndexRange orange = block_range(c.outer, g.bo, a.cout);
-      if (orange.end <= o_first || orange.begin >= o_last) continue;
-      const IndexRange hr = block_range(c.hb, g.bh, a.kh);
-      const IndexRange wr = block_range(c.wb, g.bw, a.kw);
-      for (int64_t o = std::max(orange.begin, o_first); o < std::min(orange.end, o_last); ++o)
-        for (int64_t kh = hr.begin; kh < hr.end; ++kh)
-          for (int64_t kw = wr.begin; kw < wr.end; ++kw)
-            list.push_back(static_cast<int32_t>(((o - o_first) * a.kh + kh) * a.kw + kw));
+  at::parallel_for(0, g.mi, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ib = begin; ib < end; ++ib) {
+      std::vector<int32_t>& list = lists[ib];
+      const int32_t* kept = plan.row(ib);
+      const int32_t count = plan.count(ib);
+      if (entries_are_columns) {
+        const int32_t* first = std::lower_bound(kept, kept + count, o_first * taps);
+        const int32_t* last = std::lower_bound(first, kept + count, o_last * taps);
+        list.resize(last - first);
+        const auto shift = static_cast<int32_t>(o_first * taps);
+        for (int64_t e = 0; e < last - first; ++e) list[e] = first[e] - shift;
+        continue;
+      }
+      for (int32_t t = 0; t < count; ++t) {
+        const BlockCoord c = decode_entry(kept[t], g);
+        const IndexRange orange = block_range(c.outer, g.bo, a.cout);
+        if (orange.end <= o_first || orange.begin >= o_last) continue;
+        const IndexRange hr = block_range(c.hb, g.bh, a.kh);
+        const IndexRange wr = block_range(c.wb, g.bw, a.kw);
+        for (int64_t o = std::max(orange.begin, o_first); o < std::min(orange.end, o_last); ++o)
+          for (int64_t kh = hr.begin; kh < hr.end; ++kh)
+            for (int64_t kw = wr.begin; kw < wr.end; ++kw)
+              list.push_back(static_cast<int32_t>(((o - o_first) * a.kh + kh) * a.kw + kw));
+      }
+      sort_list(list);
     }
-    std::sort(list.begin(), list.end());
-  }
+  });
   return group_rows(a.cin_g, [&](int64_t c) { return c / g.bi; }, lists);
 }
 
