@@ -30,34 +30,29 @@ from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
 GRANULARITIES = ("filter", "block", "tap", "element")
 # (N, Cin, Cout, H): a small layer, dense forward about 1 ms on 2 cores (checked in the output)
-SMALL = (8, 64, 64, 14)
+SMALL = (8, 96, 96, 14)
 # the memory layer: VGG-16 conv3_3 at batch 8
 MEMORY = (8, 256, 256, 28)
 
 STEP_CHILD = r"""
-import json, re, sys, torch, torch.nn.functional as F, rskcnn
+import json, re, torch, rskcnn
+from rskcnn.cli.passes import backend_conv, dense_conv, make_pass
 def kib(key):
     return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
 torch.set_num_threads({threads})
 n, cin, cout, h = {shape}
 granularity, keep = {granularity!r}, {keep!r}
 torch.manual_seed(0)
-x = torch.randn(n, cin, h, h, requires_grad=True)
-w = torch.randn(cout, cin, 3, 3, requires_grad=True)
-b = torch.randn(cout, requires_grad=True)
-gy = torch.randn(n, cout, h, h)
+x, w, b = torch.randn(n, cin, h, h), torch.randn(cout, cin, 3, 3), torch.randn(cout)
 if granularity == "dense":
-    conv = lambda: F.conv2d(x, w, b, 1, 1)
+    conv = dense_conv(1, 1)
 else:
     block = rskcnn.block_shape(granularity, w.shape, (32, 32))
-    mask = rskcnn.sample_mask(w.shape, keep, block, seed=1)
-    conv = lambda: rskcnn.rsk_conv2d(x, w, mask, b, 1, 1, block=block, backend="cpu")
-def step():
-    torch.autograd.grad(conv(), (x, w, b), gy)
+    conv = backend_conv("cpu", rskcnn.sample_mask(w.shape, keep, block, seed=1), block, 1, 1)
+step = make_pass(conv, "step", x, w, b, torch.randn(n, cout, h, h))
 step()
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
@@ -74,12 +69,12 @@ def step_peak_mib(threads: int, shape, granularity: str, keep: float) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mib"]
 
 
-def median_ms(fn) -> float:
-    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=1.0).median * 1e3
-
-
 def overhead_rows(threads: int) -> list[dict]:
     import rskcnn
+    from rskcnn.cli.timing import measure
+
+    def median_ms(fn) -> float:
+        return measure(fn, threads, 1.0, torch.device("cpu"))["median_s"] * 1e3
 
     torch.manual_seed(0)
     n, cin, cout, h = SMALL
