@@ -14,14 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import rskcnn
 from rskcnn.cli.layers import LAYERS
-
-
-def step(backend: str, x, w, b, mask, block, layer) -> None:
-    x = x.detach().requires_grad_()
-    w = w.detach().requires_grad_()
-    b = b.detach().requires_grad_()
-    out = rskcnn.rsk_conv2d(x, w, mask, b, layer.stride, layer.padding, block=block, backend=backend)
-    torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
+from rskcnn.cli.passes import backend_conv, make_pass
 
 
 def main() -> None:
@@ -40,6 +33,8 @@ def main() -> None:
     x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(layer.weight_shape, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
     b = torch.randn(layer.out_channels, device="cuda", dtype=dtype)
+    out_shape = (args.batch, layer.out_channels, layer.out_size, layer.out_size)
+    grad_output = torch.ones(out_shape, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
     for granularity in rskcnn.GRANULARITIES:
         if granularity not in ("filter", "tap", "block", "element"):
             continue
@@ -47,12 +42,14 @@ def main() -> None:
         mask = rskcnn.sample_mask(w.shape, args.keep, block, device="cuda")
         for backend in ["reference", *args.backends.split(",")]:
             try:
+                conv = backend_conv(backend, mask, block, layer.stride, layer.padding)
+                step = make_pass(conv, "step", x, w, b, grad_output)
                 for _ in range(3):  # warm-up: JIT, autotuning, allocator
-                    step(backend, x, w, b, mask, block, layer)
+                    step()
                 torch.cuda.synchronize()
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     for _ in range(5):
-                        step(backend, x, w, b, mask, block, layer)
+                        step()
                     torch.cuda.synchronize()
             except Exception as error:  # report and go on: one backend's failure must not hide the rest
                 print(f"### {args.layer} {granularity} keep {args.keep} {backend}: {type(error).__name__}: {error}")
