@@ -216,7 +216,7 @@ def as_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         inverse = [perm.index(d) for d in range(t.dim())]
         out = t.permute(*perm).contiguous().permute(*inverse)
     elif layout == "strided":
-        buffer = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        buffer = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
         buffer.fill_(float("nan") if t.is_floating_point() else 0)
         out = buffer[..., ::2]
         out.copy_(t)

@@ -113,6 +113,27 @@ def test_auto_reasons_follow_the_table(monkeypatch):
     assert "not calibrated on Test GPU" in calibration.faster_than_dense_reasons("cuda", gpu_call())[0]
 
 
+def test_auto_reasons_trace_under_compile_fullgraph(monkeypatch, tmp_path):
+    """auto's table loading (device name, file reads) runs once at trace time: on an H200,
+    torch.compile(fullgraph=True) of a default RSKConv2d failed on torch.cuda.get_device_name."""
+    table = calibration.calibration_from_benches([bench_result(synthetic_times())])
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("RSKCNN_CALIBRATION", str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Test GPU")
+    monkeypatch.setattr(calibration, "_TABLES", {})
+    torch._dynamo.reset()
+
+    def reasons_count(x, kept):
+        return x + len(calibration.faster_than_dense_reasons("cuda", gpu_call(kept=kept)))
+
+    for kept, count in ((0.5, 0), (0.9, 1)):  # a fresh trace each, so kept stays a constant
+        torch._dynamo.reset()
+        compiled = torch.compile(reasons_count, fullgraph=True, backend="eager")
+        assert compiled(torch.zeros(1), kept).item() == count
+    torch._dynamo.reset()
+
+
 def test_calibrate_cli_writes_the_table(tmp_path, capsys):
     from rskcnn.__main__ import main
 

@@ -70,6 +70,13 @@ def test_float16_error_within_twice_torchs_own(granularity, keep_prob):
     assert all(t.dtype == torch.float16 for t in ours)
 
 
+@pytest.fixture(autouse=True)
+def exact_float32(monkeypatch):
+    """fp32 results are compared at 1e-4. On a GPU, cuDNN's default ``allow_tf32`` would make
+    both tl.dot (see dot_precision) and the reference TF32; tests that want TF32 set it."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_tiled_kernels_serve_every_granularity(granularity, monkeypatch):
     """The implicit-GEMM kernels are correct for every mask, element masks included (which

@@ -88,10 +88,13 @@ def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE) 
     return table
 
 
-# Loaded once per device index; a plain dict so torch.compile never traces the loading.
+# Loaded once per device index. Under torch.compile the loading runs once at trace time and
+# its result is a constant of the graph: Dynamo can trace neither torch.cuda.get_device_name
+# (it returns a str) nor the file reads, and fullgraph=True would fail on them.
 _TABLES: dict[int | None, tuple[str, dict | None]] = {}
 
 
+@torch.compiler.assume_constant_result
 def _load(index: int | None) -> tuple[str, dict | None]:
     if index not in _TABLES:
         name = torch.cuda.get_device_name(index)

@@ -3,14 +3,13 @@ group, whose K loop visits only the kept (tap, input-channel chunk) steps of its
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
-from .plans import _mask_at, mask_args
+from .plans import _mask_at, mask_args, mask_bytes
 
 
 @triton.jit
@@ -73,10 +72,11 @@ def launch_forward(x, w, mask, block, scale: float, bias, y, order, steps, count
     """``y (N, Cout, OH, OW)`` from ``x (N, Cin, H, W)``, ``w (Cout, Cin_g, KH, KW)`` and its block
     ``mask`` (masked weights are never multiplied); ``order``/``steps``/``counts`` from
     :func:`rskcnn.triton.plans.forward_plan` with the same tiles."""
+    mask8 = mask_bytes(mask)
     n_tiles = triton.cdiv(geo.cout_g, tiles.block_n)
     pixels = geo.n * geo.oh * geo.ow
     args = dict(
-        **mask_args(mask, block), **geo.conv_args(),
+        **mask_args(mask8, block), **geo.conv_args(),
         sx_n=x.stride(0), sx_c=x.stride(1), sx_h=x.stride(2), sx_w=x.stride(3),
         sw_o=w.stride(0), sw_c=w.stride(1), sw_h=w.stride(2), sw_w=w.stride(3),
         sy_n=y.stride(0), sy_c=y.stride(1), sy_h=y.stride(2), sy_w=y.stride(3),
@@ -84,7 +84,7 @@ def launch_forward(x, w, mask, block, scale: float, bias, y, order, steps, count
         KEPT_TENTHS=kept_tenths, HAS_BIAS=bias is not None, PRECISION=precision,
         BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
     )
-    tensors = (x, w, mask.view(torch.uint8), bias.contiguous() if bias is not None else y, y, order, steps, counts,
+    tensors = (x, w, mask8, bias.contiguous() if bias is not None else y, y, order, steps, counts,
                scale)
     grid = lambda block_m: (triton.cdiv(pixels, block_m), geo.groups * n_tiles)  # noqa: E731
     configs.launch(_forward_kernel, "BLOCK_M", grid, tiles, tensors, args)

@@ -5,14 +5,13 @@ filters are empty and skipped."""
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
-from .plans import _mask_at, mask_args
+from .plans import _mask_at, mask_args, mask_bytes
 
 
 @triton.jit
@@ -78,16 +77,17 @@ def launch_grad_input(dy, w, mask, block, scale: float, dx, order, steps, counts
                       precision: str, kept_tenths: int = 0) -> None:
     """``dx (N, Cin, H, W)`` from ``dy (N, Cout, OH, OW)``, ``w`` and its block ``mask``; every
     element of ``dx`` is written. Plan from :func:`rskcnn.triton.plans.grad_input_plan`."""
+    mask8 = mask_bytes(mask)
     n_tiles = triton.cdiv(geo.cin_g, tiles.block_n)
     pixels = geo.n * geo.h * geo.w
     args = dict(
-        **mask_args(mask, block), **geo.conv_args(),
+        **mask_args(mask8, block), **geo.conv_args(),
         sd_n=dy.stride(0), sd_c=dy.stride(1), sd_h=dy.stride(2), sd_w=dy.stride(3),
         sw_o=w.stride(0), sw_c=w.stride(1), sw_h=w.stride(2), sw_w=w.stride(3),
         sx_n=dx.stride(0), sx_c=dx.stride(1), sx_h=dx.stride(2), sx_w=dx.stride(3),
         N_TILES=n_tiles, N_CHUNKS=triton.cdiv(geo.cout_g, tiles.block_k), MAX_STEPS=steps.shape[1],
         KEPT_TENTHS=kept_tenths, PRECISION=precision, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
     )
-    tensors = (dy, w, mask.view(torch.uint8), dx, order, steps, counts, scale)
+    tensors = (dy, w, mask8, dx, order, steps, counts, scale)
     grid = lambda block_m: (triton.cdiv(pixels, block_m), geo.groups * n_tiles)  # noqa: E731
     configs.launch(_grad_input_kernel, "BLOCK_M", grid, tiles, tensors, args)

@@ -6,14 +6,13 @@ so a masked weight's gradient is exactly 0."""
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from . import configs
 from .configs import Tiles
 from .geometry import ConvGeometry
-from .plans import _mask_at, mask_args
+from .plans import _mask_at, mask_args, mask_bytes
 
 
 @triton.jit
@@ -71,15 +70,16 @@ def launch_grad_weight(dy, x, mask, block, scale: float, dw, order, geo: ConvGeo
                        precision: str, kept_tenths: int = 0) -> None:
     """``dw (Cout, Cin_g, KH, KW)`` from ``dy (N, Cout, OH, OW)`` and ``x (N, Cin, H, W)``, times the
     block ``mask`` and ``scale``; ``order`` from :func:`rskcnn.triton.plans.channel_order`."""
+    mask8 = mask_bytes(mask)
     o_tiles, c_tiles = triton.cdiv(geo.cout_g, tiles.block_m), triton.cdiv(geo.cin_g, tiles.block_n)
     args = dict(
-        **mask_args(mask, block), **geo.conv_args(),
+        **mask_args(mask8, block), **geo.conv_args(),
         sd_n=dy.stride(0), sd_c=dy.stride(1), sd_h=dy.stride(2), sd_w=dy.stride(3),
         sx_n=x.stride(0), sx_c=x.stride(1), sx_h=x.stride(2), sx_w=x.stride(3),
         sg_o=dw.stride(0), sg_c=dw.stride(1), sg_h=dw.stride(2), sg_w=dw.stride(3),
         O_TILES=o_tiles, C_TILES=c_tiles, TAPS=geo.taps, KEPT_TENTHS=kept_tenths,
         PRECISION=precision, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
     )
-    tensors = (dy, x, mask.view(torch.uint8), dw, order, scale)
+    tensors = (dy, x, mask8, dw, order, scale)
     grid = lambda block_k: (geo.groups * o_tiles * c_tiles * geo.taps,)  # noqa: E731  (pixels are the K loop)
     configs.launch(_grad_weight_kernel, "BLOCK_K", grid, tiles, tensors, args)

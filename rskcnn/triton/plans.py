@@ -108,6 +108,12 @@ def _plan_kernel(
         tl.store(counts_ptr + tile_id, count)
 
 
+def mask_bytes(mask: torch.Tensor) -> torch.Tensor:
+    """The bool mask as the kernels read it: contiguous uint8. A (tiny) copy rather than
+    ``view(torch.uint8)``: Inductor in torch 2.11 cannot lower a bitcast from bool."""
+    return mask.to(torch.uint8, memory_format=torch.contiguous_format)
+
+
 def mask_args(mask: torch.Tensor, block) -> dict:
     """The mask's strides and block sizes, as every kernel that reads the mask takes them."""
     return dict(sm_o=mask.stride(0), sm_i=mask.stride(1), sm_h=mask.stride(2), sm_w=mask.stride(3),
@@ -116,6 +122,7 @@ def mask_args(mask: torch.Tensor, block) -> dict:
 
 def _launch(mask, block, geo: ConvGeometry, n_tiles: int, n_chunks: int, *, rows_are_input: bool,
             with_steps: bool, block_n: int, block_k: int):
+    mask8 = mask_bytes(mask)
     if geo.cout_g > MAX_GROUP_CHANNELS:
         raise ValueError(f"rskcnn triton: at most {MAX_GROUP_CHANNELS} output channels per group, got {geo.cout_g}")
     device = mask.device
@@ -124,8 +131,8 @@ def _launch(mask, block, geo: ConvGeometry, n_tiles: int, n_chunks: int, *, rows
     steps = torch.empty((geo.groups * n_tiles, max(steps_per_tile, 1)), dtype=torch.int32, device=device)
     counts = torch.empty(geo.groups * n_tiles, dtype=torch.int32, device=device)
     wrap_triton(_plan_kernel)[(geo.groups * n_tiles,)](
-        mask.view(torch.uint8), order, steps, counts,
-        COUT_G=geo.cout_g, CIN_G=geo.cin_g, KW=geo.kw, TAPS=geo.taps, **mask_args(mask, block),
+        mask8, order, steps, counts,
+        COUT_G=geo.cout_g, CIN_G=geo.cin_g, KW=geo.kw, TAPS=geo.taps, **mask_args(mask8, block),
         N_TILES=n_tiles, N_CHUNKS=n_chunks, ROWS_ARE_INPUT=rows_are_input, WITH_STEPS=with_steps,
         KEY_TAPS=_KEY_TAPS, CHANNEL_BITS=_CHANNEL_BITS, GROUP_P2=triton.next_power_of_2(max(geo.cout_g, 1)),
         BLOCK_N=block_n, BLOCK_K=block_k,
