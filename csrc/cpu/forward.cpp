@@ -13,7 +13,7 @@
 #include "compacted.h"
 #include "kernels.h"
 #include "plan.h"
-#include "row_groups.h"
+#include "row_panels.h"
 #include "sparse_rows.h"
 
 namespace rskcnn::cpu {
@@ -31,6 +31,7 @@ void forward_kernel(const T* x, const T* w, const T* bias, const Plan& plan, con
     const SparseRows rows = output_channel_rows(plan, a, group);
     const std::vector<T> values = gather_kept_values(
         rows, w, scale, [&](int64_t o, int32_t k) { return (o_first + o) * filter_size + k; });
+    const RowPanels<T> panels = make_row_panels(rows, values);
     at::parallel_for(0, chunks, grain_for((rows.num_values + filter_size) * kProductChunk),
                      [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets;
@@ -38,7 +39,7 @@ void forward_kernel(const T* x, const T* w, const T* bias, const Plan& plan, con
       for (int64_t chunk = begin; chunk < end; ++chunk) {
         const int64_t q0 = chunk * kProductChunk;
         gather_input_columns<kProductChunk>(x, a, group, q0, cols.data(), offsets);
-        multiply_chunk<kProductChunk>(rows, values.data(), cols.data(), out.data());
+        multiply_chunk_panels<kProductChunk>(rows, panels, values.data(), cols.data(), out.data());
         scatter_rows<kProductChunk>(out.data(), a.cout, a.oh * a.ow, pixels, o_first, cout_g, q0, bias, y);
       }
     });

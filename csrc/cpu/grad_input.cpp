@@ -12,7 +12,7 @@
 #include "compacted.h"
 #include "kernels.h"
 #include "plan.h"
-#include "row_groups.h"
+#include "row_panels.h"
 #include "sparse_rows.h"
 
 namespace rskcnn::cpu {
@@ -32,6 +32,7 @@ void grad_input_kernel(const T* go, const T* w, const Plan& plan, const ConvArgs
     const std::vector<T> values = gather_kept_values(rows, w, scale, [&](int64_t c, int32_t k) {
       return ((o_first + k / taps) * a.cin_g + c) * taps + k % taps;
     });
+    const RowPanels<T> panels = make_row_panels(rows, values);
     at::parallel_for(0, chunks, grain_for((rows.num_values + column_count) * kProductChunk),
                      [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets;
@@ -39,7 +40,7 @@ void grad_input_kernel(const T* go, const T* w, const Plan& plan, const ConvArgs
       for (int64_t chunk = begin; chunk < end; ++chunk) {
         const int64_t q0 = chunk * kProductChunk;
         gather_grad_output_columns<kProductChunk>(go, a, group, q0, cols.data(), offsets);
-        multiply_chunk<kProductChunk>(rows, values.data(), cols.data(), out.data());
+        multiply_chunk_panels<kProductChunk>(rows, panels, values.data(), cols.data(), out.data());
         scatter_rows<kProductChunk>(out.data(), a.cin, a.h * a.w, pixels, c_first, a.cin_g, q0,
                      static_cast<const T*>(nullptr), gi);
       }

@@ -8,23 +8,21 @@
 
 namespace rskcnn::cpu {
 
-// out_rows + row * Chunk receives row `row` (group-local) of the chunk result.
+// out_rows + row * Chunk receives row `row` (group-local) of group g's chunk result.
 template <int Chunk, typename T>
-void multiply_chunk(const SparseRows& rows, const T* values, const T* cols, T* out_rows) {
-  for (const RowGroup& g : rows.groups) {
-    const int32_t* list = rows.columns.data() + g.list_offset;
-    const T* vals[kMaxGroupRows];
-    T* outs[kMaxGroupRows];
-    for (int32_t r = 0; r < g.num_rows; ++r) {
-      vals[r] = values + rows.value_offset[g.first_slot + r];
-      outs[r] = out_rows + rows.row_ids[g.first_slot + r] * Chunk;
-    }
-    switch (g.num_rows) {
-      case 1: sparse_rows_times_columns<Chunk, T, 1>(list, g.nnz, vals, cols, outs); break;
-      case 2: sparse_rows_times_columns<Chunk, T, 2>(list, g.nnz, vals, cols, outs); break;
-      case 3: sparse_rows_times_columns<Chunk, T, 3>(list, g.nnz, vals, cols, outs); break;
-      default: sparse_rows_times_columns<Chunk, T, 4>(list, g.nnz, vals, cols, outs); break;
-    }
+void multiply_group(const SparseRows& rows, const RowGroup& g, const T* values, const T* cols, T* out_rows) {
+  const int32_t* list = rows.columns.data() + g.list_offset;
+  const T* vals[kMaxGroupRows];
+  T* outs[kMaxGroupRows];
+  for (int32_t r = 0; r < g.num_rows; ++r) {
+    vals[r] = values + rows.value_offset[g.first_slot + r];
+    outs[r] = out_rows + rows.row_ids[g.first_slot + r] * Chunk;
+  }
+  switch (g.num_rows) {
+    case 1: sparse_rows_times_columns<Chunk, T, 1>(list, g.nnz, vals, cols, outs); break;
+    case 2: sparse_rows_times_columns<Chunk, T, 2>(list, g.nnz, vals, cols, outs); break;
+    case 3: sparse_rows_times_columns<Chunk, T, 3>(list, g.nnz, vals, cols, outs); break;
+    default: sparse_rows_times_columns<Chunk, T, 4>(list, g.nnz, vals, cols, outs); break;
   }
 }
 

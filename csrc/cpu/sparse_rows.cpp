@@ -14,9 +14,12 @@ template <typename KeyOf>
 SparseRows group_rows(int64_t num_rows, KeyOf key_of, const std::vector<std::vector<int32_t>>& lists) {
   std::vector<int64_t> order(num_rows);
   std::iota(order.begin(), order.end(), 0);
+  // Rows of one key share their list: ordered by key alone, they never compare the lists.
   std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
-    const auto &lx = lists[key_of(x)], &ly = lists[key_of(y)];
-    return lx < ly;
+    const int64_t kx = key_of(x), ky = key_of(y);
+    if (kx == ky) return false;
+    const auto &lx = lists[kx], &ly = lists[ky];
+    return lx < ly || (lx == ly && kx < ky);
   });
 
   SparseRows out;
@@ -26,7 +29,9 @@ SparseRows group_rows(int64_t num_rows, KeyOf key_of, const std::vector<std::vec
   for (int64_t s = 0; s < num_rows;) {
     const int64_t key = key_of(order[s]);
     int64_t end = s + 1;
-    while (end < num_rows && end - s < kMaxGroupRows && lists[key_of(order[end])] == lists[key]) ++end;
+    while (end < num_rows && end - s < kMaxGroupRows &&
+           (key_of(order[end]) == key || lists[key_of(order[end])] == lists[key]))
+      ++end;
     if (list_offset_of_key[key] < 0) {
       list_offset_of_key[key] = static_cast<int64_t>(out.columns.size());
       out.columns.insert(out.columns.end(), lists[key].begin(), lists[key].end());

@@ -41,9 +41,12 @@ inline void vstore(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// s - 0 rather than 0 + s: subtracting +0 is an identity even for -0.0, so the compiler
+// drops it and broadcasts straight from memory; an add of 0 (not an identity for -0.0)
+// stays, and forces a broadcast from a register, a shuffle-port uop that competes with FMAs.
 template <typename T>
 inline vec_t<T> vbroadcast(T s) {
-  return vec_t<T>{} + s;
+  return s - vec_t<T>{};
 }
 
 // Pairwise (tree) sum: log2(lanes) dependent adds instead of lanes.
