@@ -10,6 +10,7 @@
 
 #include "compacted.h"
 #include "plan.h"
+#include "row_panels.h"
 
 namespace rskcnn::cpu {
 namespace {
@@ -163,9 +164,27 @@ const T* kept_rows(const BlockRows& r, int64_t b, const T* tile, int64_t ld, T* 
   return buffer;
 }
 
-// dW_b (count x kept) += grad_output_b (count x P) @ kept_rows^T, chunk by chunk in pixel
-// order; each block belongs to one task, so the sums do not depend on the thread count.
-// The chunk's tile is built once, by all threads, and shared by the blocks.
+// gt[j * kPanelRows + r] = grad_output row first + r at chunk pixel j, r < count (0 beyond).
+template <typename T>
+void load_rows_transposed(const T* t, int64_t channels, int64_t plane, int64_t cols,
+                          const std::vector<Segment>& segs, int64_t first, int64_t count, int64_t len,
+                          T* gt) {
+  if (count < kPanelRows) std::fill(gt, gt + len * kPanelRows, T(0));
+  for (const Segment& s : segs) {
+    const int64_t pix = s.row * cols + s.col0;
+    for (int64_t r = 0; r < count; ++r) {
+      const T* src = t + (s.n * channels + first + r) * plane + pix;
+      for (int64_t j = 0; j < s.len; ++j) gt[(s.j + j) * kPanelRows + r] = src[j];
+    }
+  }
+}
+
+// Each block's weight gradient accumulates chunk by chunk in pixel order; each block belongs
+// to one task, so the sums do not depend on the thread count. The chunk's tile is built
+// once, by all threads, and shared by the blocks. Blocks of a multiple of kPanelRows
+// channels take panel_dots: per 32-row panel, dW^T (kept x 32) += the kept tile rows times
+// grad_output^T, read in place. Others take one BLAS GEMM per block,
+// dW_b (count x kept) += grad_output_b (count x P) @ kept_rows^T, on gathered rows.
 template <typename T>
 void grad_weight_kernel(const T* go, const T* x, const BlockRows& r, const ConvArgs& a, T scale,
                         const at::TensorOptions& options, T* gw) {
@@ -173,7 +192,13 @@ void grad_weight_kernel(const T* go, const T* x, const BlockRows& r, const ConvA
   const int64_t pixels = a.n * a.oh * a.ow, plane = a.oh * a.ow;
   const int64_t P = chunk_pixels(filter_size, sizeof(T));
   const int64_t chunks = ceil_div(pixels, P);
-  at::Tensor dw_t = at::zeros({std::max<int64_t>(1, r.weight_size)}, options);
+  const bool panels = a.mask.bo % kPanelRows == 0;
+  // Block b's gradient: (count x kept) at weight_offset[b], or its panels' (kept x 32) at
+  // panel_offset[b] + panel * kept * 32.
+  std::vector<int64_t> panel_offset(r.blocks() + 1, 0);
+  for (int64_t b = 0; b < r.blocks(); ++b)
+    panel_offset[b + 1] = panel_offset[b] + ceil_div(r.count[b], kPanelRows) * r.kept(b) * kPanelRows;
+  at::Tensor dw_t = at::zeros({std::max<int64_t>(1, panels ? panel_offset.back() : r.weight_size)}, options);
   T* dw = dw_t.mutable_data_ptr<T>();
   at::Tensor tile_t = at::empty({filter_size * P}, options);
   T* tile = tile_t.mutable_data_ptr<T>();
@@ -188,15 +213,23 @@ void grad_weight_kernel(const T* go, const T* x, const BlockRows& r, const ConvA
     });
     at::parallel_for(0, r.blocks(), 1, [&](int64_t begin, int64_t end) {
       const int64_t tid = at::get_thread_num();
-      if (!gathered[tid].defined()) {
-        gathered[tid] = at::empty({std::max<int64_t>(1, r.max_kept * P)}, options);
-        go_rows[tid] = at::empty({std::max<int64_t>(1, r.max_count * P)}, options);
+      if (!go_rows[tid].defined()) {
+        gathered[tid] = at::empty({std::max<int64_t>(1, panels ? 1 : r.max_kept * P)}, options);
+        go_rows[tid] = at::empty({std::max<int64_t>(1, (panels ? kPanelRows : r.max_count) * P)}, options);
       }
       T* buffer = gathered[tid].mutable_data_ptr<T>();
       T* g = go_rows[tid].mutable_data_ptr<T>();
       for (int64_t b = begin; b < end; ++b) {
         const int64_t kept = r.kept(b), count = r.count[b];
         if (kept == 0) continue;
+        if (panels) {
+          for (int64_t i = 0; i * kPanelRows < count; ++i) {
+            const int64_t rows = std::min<int64_t>(kPanelRows, count - i * kPanelRows);
+            load_rows_transposed(go, a.cout, plane, a.ow, segs, r.first[b] + i * kPanelRows, rows, len, g);
+            panel_dots_all(g, len, r.list(b), kept, tile, P, dw + panel_offset[b] + i * kept * kPanelRows);
+          }
+          continue;
+        }
         load_rows(go, a.cout, plane, a.ow, segs, r.first[b], count, P, g);
         const T* operand = kept_rows(r, b, tile, P, buffer);
         at::Tensor acc = matrix(dw + r.weight_offset[b], count, kept, kept, options);
@@ -209,9 +242,13 @@ void grad_weight_kernel(const T* go, const T* x, const BlockRows& r, const ConvA
       const int32_t* list = r.list(b);
       const int64_t kept = r.kept(b);
       for (int64_t row = 0; row < r.count[b]; ++row) {
-        const T* src = dw + r.weight_offset[b] + row * kept;
+        // Entry j of the row: (row, j) of a GEMM block, (j, row % 32) of a panel.
+        const T* src = panels ? dw + panel_offset[b] + row / kPanelRows * kept * kPanelRows + row % kPanelRows
+                              : dw + r.weight_offset[b] + row * kept;
+        const int64_t step = panels ? kPanelRows : 1;
         T* filter = gw + (r.first[b] + row) * filter_size;
-        for (int64_t j = 0; j < kept; ++j) filter[(list[j] % a.cin_g) * taps + list[j] / a.cin_g] = src[j] * scale;
+        for (int64_t j = 0; j < kept; ++j)
+          filter[(list[j] % a.cin_g) * taps + list[j] / a.cin_g] = src[j * step] * scale;
       }
     }
   });
