@@ -47,6 +47,33 @@ SparseRows group_rows(int64_t num_rows, KeyOf key_of, const std::vector<std::vec
   return out;
 }
 
+// Appends the columns of a mask row's kept entries (sorted by outer block, then by tap
+// block): per run of one outer block, channel c by channel over the block's channels in
+// [lo, hi), the run's kept taps, as (c - lo) * KH * KW + tap. One-tap blocks thus come out
+// sorted.
+void append_block_columns(const int32_t* kept, int32_t count, const ConvArgs& a, int64_t outer_block,
+                          int64_t outer_extent, int64_t lo, int64_t hi, std::vector<int32_t>& list) {
+  const BlockMaskGeometry& g = a.mask;
+  std::vector<int32_t> taps;
+  for (int32_t t0 = 0; t0 < count;) {
+    const int64_t outer = decode_entry(kept[t0], g).outer;
+    int32_t t1 = t0 + 1;
+    while (t1 < count && decode_entry(kept[t1], g).outer == outer) ++t1;
+    taps.clear();
+    for (int32_t t = t0; t < t1; ++t) {
+      const BlockCoord c = decode_entry(kept[t], g);
+      const IndexRange hr = block_range(c.hb, g.bh, a.kh);
+      const IndexRange wr = block_range(c.wb, g.bw, a.kw);
+      for (int64_t kh = hr.begin; kh < hr.end; ++kh)
+        for (int64_t kw = wr.begin; kw < wr.end; ++kw) taps.push_back(static_cast<int32_t>(kh * a.kw + kw));
+    }
+    const IndexRange range = block_range(outer, outer_block, outer_extent);
+    for (int64_t c = std::max(range.begin, lo); c < std::min(range.end, hi); ++c)
+      for (const int32_t tap : taps) list.push_back(static_cast<int32_t>((c - lo) * a.kh * a.kw + tap));
+    t0 = t1;
+  }
+}
+
 // Sorts a list unless it already is: element lists and one-tap blocks come out sorted.
 void sort_list(std::vector<int32_t>& list) {
   if (!std::is_sorted(list.begin(), list.end())) std::sort(list.begin(), list.end());
@@ -75,16 +102,7 @@ SparseRows output_channel_rows(const Plan& plan, const ConvArgs& a, int64_t grou
         continue;
       }
       list.reserve(static_cast<size_t>(count) * g.bi * g.bh * g.bw);
-      for (int32_t t = 0; t < count; ++t) {
-        const BlockCoord c = decode_entry(kept[t], g);
-        const IndexRange ir = block_range(c.outer, g.bi, a.cin_g);
-        const IndexRange hr = block_range(c.hb, g.bh, a.kh);
-        const IndexRange wr = block_range(c.wb, g.bw, a.kw);
-        for (int64_t i = ir.begin; i < ir.end; ++i)
-          for (int64_t kh = hr.begin; kh < hr.end; ++kh)
-            for (int64_t kw = wr.begin; kw < wr.end; ++kw)
-              list.push_back(static_cast<int32_t>((i * a.kh + kh) * a.kw + kw));
-      }
+      append_block_columns(kept, count, a, g.bi, a.cin_g, 0, a.cin_g, list);
       sort_list(list);
     }
   });
@@ -115,17 +133,7 @@ SparseRows input_channel_rows(const Plan& plan, const ConvArgs& a, int64_t group
         for (int64_t e = 0; e < last - first; ++e) list[e] = first[e] - shift;
         continue;
       }
-      for (int32_t t = 0; t < count; ++t) {
-        const BlockCoord c = decode_entry(kept[t], g);
-        const IndexRange orange = block_range(c.outer, g.bo, a.cout);
-        if (orange.end <= o_first || orange.begin >= o_last) continue;
-        const IndexRange hr = block_range(c.hb, g.bh, a.kh);
-        const IndexRange wr = block_range(c.wb, g.bw, a.kw);
-        for (int64_t o = std::max(orange.begin, o_first); o < std::min(orange.end, o_last); ++o)
-          for (int64_t kh = hr.begin; kh < hr.end; ++kh)
-            for (int64_t kw = wr.begin; kw < wr.end; ++kw)
-              list.push_back(static_cast<int32_t>(((o - o_first) * a.kh + kh) * a.kw + kw));
-      }
+      append_block_columns(kept, count, a, g.bo, a.cout, o_first, o_last, list);
       sort_list(list);
     }
   });
