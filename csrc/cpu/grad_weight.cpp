@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../conv_args.h"
@@ -26,12 +27,12 @@ namespace {
 // depend on torch.set_num_threads.
 constexpr int64_t kSlices = 4;
 
-template <typename T>
+template <int Chunk, typename T>
 void grad_weight_kernel(const T* go, const T* x, const Plan& plan, const ConvArgs& a, T scale, T* gw) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t filter_size = a.cin_g * a.kh * a.kw;
   const int64_t pixels = a.n * a.oh * a.ow;
-  const int64_t chunks = ceil_div(pixels, kDotChunk);
+  const int64_t chunks = ceil_div(pixels, Chunk);
   const int64_t slices = std::min(kSlices, chunks);
   for (int64_t group = 0; group < a.groups; ++group) {
     const int64_t o_first = group * cout_g;
@@ -39,14 +40,14 @@ void grad_weight_kernel(const T* go, const T* x, const Plan& plan, const ConvArg
     std::vector<T> partial(slices * rows.num_values, T(0));
     at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets;
-      std::vector<T> cols(filter_size * kDotChunk), go_rows(cout_g * kDotChunk);
+      std::vector<T> cols(filter_size * Chunk), go_rows(cout_g * Chunk);
       for (int64_t slice = begin; slice < end; ++slice) {
         T* dots = partial.data() + slice * rows.num_values;
         for (int64_t chunk = slice * chunks / slices; chunk < (slice + 1) * chunks / slices; ++chunk) {
-          const int64_t q0 = chunk * kDotChunk;
-          gather_input_columns<kDotChunk>(x, a, group, q0, cols.data(), offsets);
-          gather_rows<kDotChunk>(go, a.cout, a.oh * a.ow, pixels, o_first, cout_g, q0, go_rows.data());
-          correlate_chunk<kDotChunk>(rows, go_rows.data(), cols.data(), dots);
+          const int64_t q0 = chunk * Chunk;
+          gather_input_columns<Chunk>(x, a, group, q0, cols.data(), offsets);
+          gather_rows<Chunk>(go, a.cout, a.oh * a.ow, pixels, o_first, cout_g, q0, go_rows.data());
+          correlate_chunk<Chunk>(rows, go_rows.data(), cols.data(), dots);
         }
       }
     });
@@ -90,10 +91,20 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
     const at::Tensor go = grad_output.contiguous();
     const at::Tensor x = input.contiguous();
     const Plan plan = build_row_plan(mask, a.mask);
+    const int64_t column_bytes = a.cin_g * a.kh * a.kw * grad_output.element_size();
     AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rskcnn_masked_conv2d_grad_weight_cpu", [&] {
-      grad_weight_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                   plan, a, static_cast<scalar_t>(scale),
-                                   grad_weight.mutable_data_ptr<scalar_t>());
+      const auto run = [&](auto chunk) {
+        grad_weight_kernel<decltype(chunk)::value, scalar_t>(
+            go.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), plan, a,
+            static_cast<scalar_t>(scale), grad_weight.mutable_data_ptr<scalar_t>());
+      };
+      if (column_bytes * 256 <= kDotChunkBytes) {
+        run(std::integral_constant<int, 256>{});
+      } else if (column_bytes * 128 <= kDotChunkBytes) {
+        run(std::integral_constant<int, 128>{});
+      } else {
+        run(std::integral_constant<int, 64>{});
+      }
     });
   }
   return grad_weight;

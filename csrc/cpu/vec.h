@@ -60,10 +60,11 @@ inline T vsum(vec_t<T> v) {
 }
 
 // Pixels per column chunk: every row of a chunk buffer holds this many values.
-// Pixels per column chunk. Forward and grad-input: 64 keeps the columns of a
-// 512-channel 3x3 layer (1.2 MB) in L2. Grad-weight: 256, so that its horizontal
-// sums (one per kept weight per chunk) stay rare.
+// Forward and grad-input: 64 keeps the columns of a 512-channel 3x3 layer (1.2 MB) in L2.
+// Grad-weight: the widest of 256, 128, 64 whose columns fit kDotChunkBytes, so that its
+// horizontal sums (one per kept weight per chunk) stay rare while the columns, read once
+// per row, stay in L2.
 constexpr int kProductChunk = 64;
-constexpr int kDotChunk = 256;
+constexpr int64_t kDotChunkBytes = int64_t{5} << 18;  // 1.25 MB
 
 }  // namespace rskcnn::cpu
