@@ -16,10 +16,10 @@ CPU_DTYPES = (torch.float32, torch.float64)
 # grad-input, grad-weight) measured faster than dense on every layer of
 # `python -m rskcnn bench` (benchmarks/results/cpu-float32.md). Where the fraction is
 # unknown (under torch.compile), auto uses this backend only if the bound is 1.
-# Measured 2026-11-26 04:58 (2 AVX-512 cores, float32): filter steps beat dense at p = 0.5
-# on every layer (0.54-0.87) but not at 0.75 on the paper's layer (1.10); block beats dense
-# at p = 0.25 on the 256/512-channel layers (0.51-0.73) but not on the paper's 7x7 layer
-# (1.17), nor does tap (1.94); element never did.
+# Measured 2026-11-26 05:29 (2 AVX-512 cores, float32): filter steps beat dense at p = 0.5
+# on every layer (0.54-0.82) but not at 0.75 on the paper's layer (1.09); block beats dense
+# at p = 0.25 on the 256/512-channel layers (0.50-0.73) but not on the paper's 7x7 layer
+# (1.26), nor does tap (2.21); element never did.
 FASTER_THAN_DENSE_BELOW = {"filter": 0.5, "tap": 0.0, "block": 0.0, "element": 0.0, "grouped": 0.0}
 
 INT32_MAX = 2**31 - 1
