@@ -62,6 +62,7 @@ def triton_conv2d(
         masked, kept = _masked_weight(weight, mask, block, scale)
         element.element_forward(input, masked, kept, bias, out, geo.stride, geo.padding, geo.dilation, groups)
         return out
+    mask = plans.mask_bytes(mask)  # once per pass: the plan and the kernel then read it as is
     tiles = configs.forward_tiles(block, weight.shape, input.dtype)
     order, steps, counts = plans.forward_plan(mask, block, geo, tiles.block_n, tiles.block_k)
     launch_forward(input, weight, mask, block, float(scale), bias, out, order, steps, counts, geo, tiles,
@@ -86,6 +87,7 @@ def triton_conv2d_grad_input(
         masked, kept = _masked_weight(weight, mask, block, scale)
         element.element_grad_input(grad_output, masked, kept, out, geo.stride, geo.padding, geo.dilation, groups)
         return out
+    mask = plans.mask_bytes(mask)
     tiles = configs.grad_input_tiles(block, weight.shape, grad_output.dtype)
     order, steps, counts = plans.grad_input_plan(mask, block, geo, tiles.block_n, tiles.block_k)
     launch_grad_input(grad_output, weight, mask, block, float(scale), out, order, steps, counts, geo, tiles,
@@ -109,6 +111,7 @@ def triton_conv2d_grad_weight(
         element.element_grad_weight(grad_output, input, expand_mask(mask, block, weight_size), scale, out, geo.stride, geo.padding, geo.dilation,
                                     groups)
         return out
+    mask = plans.mask_bytes(mask)
     tiles = configs.grad_weight_tiles(block, weight_size, grad_output.dtype)
     order = plans.channel_order(mask, block, geo)
     launch_grad_weight(grad_output, input, mask, block, float(scale), out, order, geo, tiles,

@@ -109,8 +109,9 @@ def _plan_kernel(
 
 
 def mask_bytes(mask: torch.Tensor) -> torch.Tensor:
-    """The bool mask as the kernels read it: contiguous uint8. A (tiny) copy rather than
-    ``view(torch.uint8)``: Inductor in torch 2.11 cannot lower a bitcast from bool."""
+    """The bool mask as the kernels read it: contiguous uint8 (``mask`` itself if it already is).
+    A (tiny) copy rather than ``view(torch.uint8)``: Inductor in torch 2.11 cannot lower a
+    bitcast from bool."""
     return mask.to(torch.uint8, memory_format=torch.contiguous_format)
 
 
