@@ -9,7 +9,7 @@ from .modules import RSKConv2d
 from .schedule import KeepProbScheduler
 
 if _extension.has_ops():
-    from . import ops  # noqa: F401  (fake kernels and autograd of the C++ ops)
+    from .ops import cpp  # noqa: F401  (schemas, fake kernels, autograd and autocast of the C++ ops)
 
 __version__ = "0.1.0"
 

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import torch
 
 from . import backends
-from .autocast import unify_floating_dtypes
+from .geometry import conv_out_extent
 from .masks import check_block, mask_shape
+from .ops.autocast import unify_floating_dtypes
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -31,11 +32,6 @@ def _padding(padding, stride: tuple[int, int]):
             raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
         return padding
     return _pair(padding, "padding", 0)
-
-
-def conv_out_extent(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output extent of a convolution along one dimension (as F.conv2d computes it)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _check_tensors(input, weight, mask, bias, groups: int, block):

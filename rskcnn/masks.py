@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .geometry import mask_shape_of
+
 Block = tuple[int, int, int, int]
 
 GRANULARITIES = ("element", "tap", "filter", "block")
@@ -77,9 +79,7 @@ def granularity_of(block: Sequence[int], weight_shape: Sequence[int]) -> str:
 
 def mask_shape(weight_shape: Sequence[int], block: Sequence[int]) -> tuple[int, int, int, int]:
     """``ceil(weight_shape / block)``, elementwise."""
-    shape = _check_weight_shape(weight_shape)
-    block = check_block(block)
-    return tuple(math.ceil(s / b) for s, b in zip(shape, block))  # type: ignore[return-value]
+    return mask_shape_of(_check_weight_shape(weight_shape), check_block(block))
 
 
 _U32 = 0xFFFFFFFF

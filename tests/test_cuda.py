@@ -22,6 +22,7 @@ from rskcnn.backends.reference import reference_conv2d
 
 from conftest import (ConvConfig, as_layout, check_step_without_sync_in_cuda_graph, leaf_copy, make_inputs,
                       requires_cpu_ops)
+from test_auto_speed import gpu_call
 from test_parity import Result, check_result, full_mask, run_oracle
 
 CUDA = torch.cuda.is_available()
@@ -57,81 +58,8 @@ def test_extension_contains_the_cuda_kernels_where_a_toolkit_is():
 
 def test_cuda_backend_says_why_it_cannot_run_on_the_cpu():
     reason = rskcnn.backends.unavailable_reasons("cpu")["cuda"]
-    assert "CUDA GPUs only" in reason
+    assert "cuda devices only" in reason
     assert "cuda" not in rskcnn.available_backends("cpu")
-
-
-# --------------------------------------------------------------------------- calibration (runs anywhere)
-
-
-def bench_result(times: dict, gpu="Test GPU", dtype="bfloat16", tf32=None) -> dict:
-    """A minimal `rskcnn bench` result: times[(granularity, keep, layer, backend)] = seconds."""
-    backends = sorted({k[3] for k in times})
-    records = [dict(granularity=g, keep_prob=p, layer=layer, backend=b, median_s=t, **{"pass": "step"})
-               for (g, p, layer, b), t in times.items()]
-    return {"machine": {"gpu": gpu}, "settings": {"dtype": dtype, "tf32": tf32, "backends": ["dense", *backends],
-                                                  "command": "python -m rskcnn bench"}, "records": records}
-
-
-def synthetic_times() -> dict:
-    times = {}
-    for layer in ("a", "b"):
-        for keep in (0.25, 0.5, 0.75):
-            times[("filter", keep, layer, "masked-dense")] = 1.0
-            times[("filter", keep, layer, "cuda")] = 1.2 * keep + 0.1      # 0.4, 0.7, 1.0
-            times[("filter", keep, layer, "triton")] = 1.3 * keep + 0.1 + (0.2 if layer == "b" else 0.0)
-            times[("element", keep, layer, "masked-dense")] = 1.0
-            times[("element", keep, layer, "cuda")] = 2.0
-    return times
-
-
-def test_thresholds_take_the_largest_keep_within_tolerance_on_every_layer():
-    table = calibration.thresholds_from_bench(bench_result(synthetic_times()))
-    assert table["cuda"]["filter"] == 0.75  # 1.0 <= 1.05 * 1.0 at keep 0.75
-    # triton is more than 5% slower than cuda on layer b from keep 0.25 on
-    assert table["triton"]["filter"] == 0.0
-    assert table["cuda"]["element"] == 0.0
-
-
-def gpu_call(granularity="filter", kept=0.5, dtype=torch.bfloat16) -> ConvCall:
-    weight = (64, 32, 3, 3)
-    return ConvCall(device=torch.device("cuda", 0), dtype=dtype, input_shape=(8, 32, 14, 14), weight_shape=weight,
-                    block=rskcnn.block_shape(granularity, weight), stride=(1, 1), padding=(1, 1),
-                    dilation=(1, 1), groups=1, kept_fraction=kept)
-
-
-def test_auto_reasons_follow_the_table(monkeypatch):
-    table = calibration.calibration_from_benches([bench_result(synthetic_times())])
-    monkeypatch.setitem(calibration._TABLES, 0, ("Test GPU", table))
-    assert calibration.faster_than_dense_reasons("cuda", gpu_call(kept=0.5)) == []
-    assert "only up to keep 0.75" in calibration.faster_than_dense_reasons("cuda", gpu_call(kept=0.9))[0]
-    assert "kept fraction unknown" in calibration.faster_than_dense_reasons("cuda", gpu_call(kept=None))[0]
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert "filter masks in float32 were not calibrated" in calibration.faster_than_dense_reasons(
-        "cuda", gpu_call(dtype=torch.float32))[0]
-    monkeypatch.setitem(calibration._TABLES, 0, ("Test GPU", None))
-    assert "not calibrated on Test GPU" in calibration.faster_than_dense_reasons("cuda", gpu_call())[0]
-
-
-def test_auto_reasons_trace_under_compile_fullgraph(monkeypatch, tmp_path):
-    """auto's table loading (device name, file reads) runs once at trace time: on an H200,
-    torch.compile(fullgraph=True) of a default RSKConv2d failed on torch.cuda.get_device_name."""
-    table = calibration.calibration_from_benches([bench_result(synthetic_times())])
-    path = tmp_path / "table.json"
-    path.write_text(json.dumps(table))
-    monkeypatch.setenv("RSKCNN_CALIBRATION", str(path))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Test GPU")
-    monkeypatch.setattr(calibration, "_TABLES", {})
-    torch._dynamo.reset()
-
-    def reasons_count(x, kept):
-        return x + len(calibration.faster_than_dense_reasons("cuda", gpu_call(kept=kept)))
-
-    for kept, count in ((0.5, 0), (0.9, 1)):  # a fresh trace each, so kept stays a constant
-        torch._dynamo.reset()
-        compiled = torch.compile(reasons_count, fullgraph=True, backend="eager")
-        assert compiled(torch.zeros(1), kept).item() == count
-    torch._dynamo.reset()
 
 
 def test_calibrate_cli_writes_the_table(tmp_path, capsys):
@@ -342,7 +270,7 @@ def test_cuda_compile_fullgraph_matches_eager():
 
 @requires_cuda_backend
 def test_auto_keeps_cudnn_on_an_uncalibrated_card(monkeypatch):
-    monkeypatch.setitem(calibration._TABLES, torch.cuda.current_device(), ("uncalibrated", None))
+    monkeypatch.setitem(calibration._TABLES, ("cuda", torch.cuda.current_device()), ("uncalibrated", None))
     call = dataclasses.replace(gpu_call(), device=torch.device("cuda", torch.cuda.current_device()))
     chosen, skipped = choose(call)
     assert chosen.name == "reference" and "not calibrated" in skipped["cuda"][0]

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.skipif(_reason is not None, reason=f"triton backend una
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bf16, CUDA graphs and sync checks)")
 
 if _reason is None:
-    from rskcnn.triton import configs, ops as triton_ops, plans  # noqa: E402
-    from rskcnn.triton.geometry import ConvGeometry, dot_precision  # noqa: E402
+    from rskcnn.triton_kernels import configs, passes as triton_passes, tile_steps  # noqa: E402
+    from rskcnn.geometry import ConvGeometry  # noqa: E402
+    from rskcnn.triton_kernels.configs import dot_precision  # noqa: E402
 
 ODD = ConvConfig(n=2, cin=6, cout=8, h=9, w=7, kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1),
                  groups=2, block_size=(3, 5))
@@ -81,7 +82,7 @@ def exact_float32(monkeypatch):
 def test_tiled_kernels_serve_every_granularity(granularity, monkeypatch):
     """The implicit-GEMM kernels are correct for every mask, element masks included (which
     normally take the sparse kernels)."""
-    monkeypatch.setattr(triton_ops, "_uses_element_kernels", lambda block, shape: False)
+    monkeypatch.setattr(triton_passes, "_uses_element_kernels", lambda block, shape: False)
     cfg = dataclasses.replace(ODD, granularity=granularity, keep_prob=0.5)
     inp = make_inputs(cfg, torch.float32)
     want, _ = _grads("reference", cfg, inp, torch.float64)
@@ -151,7 +152,7 @@ def test_channel_order_puts_dropped_filters_last_within_each_group(granularity):
     if granularity in ("element", "block"):  # drop three whole filters in the mask itself
         mask[[1, 4, 7]] = False
         kept[[1, 4, 7]] = False
-    order = plans.channel_order(mask, block, geo).long().cpu()
+    order = tile_steps.channel_order(mask, block, geo).long().cpu()
     for g in range(2):
         local = order[g * 6:(g + 1) * 6]
         assert sorted(local.tolist()) == list(range(g * 6, (g + 1) * 6)), "order left its group"
@@ -162,7 +163,7 @@ def test_channel_order_puts_dropped_filters_last_within_each_group(granularity):
 def test_channel_order_groups_filters_by_kept_taps():
     """tap masks: channels sorted by their kept-tap pattern, first tap most significant."""
     mask, block, kept, geo = _plan_inputs("tap", (40, 8, 3, 3), 0.5)
-    order = plans.channel_order(mask, block, geo).long().cpu()
+    order = tile_steps.channel_order(mask, block, geo).long().cpu()
     patterns = kept[order].flatten(2).any(1).long()  # (Cout, T)
     keys = [int("".join(map(str, row.tolist())), 2) for row in patterns]
     assert keys == sorted(keys, reverse=True)
@@ -185,8 +186,8 @@ def _brute_force_steps(rows_kept, rows, cols):
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_forward_plan_lists_exactly_the_nonempty_tiles(granularity, groups):
     mask, block, kept, geo = _plan_inputs(granularity, (20, 9, 3, 2), 0.4, groups=groups)
-    order, steps, counts = (t.cpu() for t in plans.forward_plan(mask, block, geo, 4, 4))
-    assert torch.equal(order, plans.channel_order(mask, block, geo).cpu())
+    order, steps, counts = (t.cpu() for t in tile_steps.forward_plan(mask, block, geo, 4, 4))
+    assert torch.equal(order, tile_steps.channel_order(mask, block, geo).cpu())
     ordered = kept[order.long()].view(groups, 20 // groups, 9, -1)  # rows: output channels in order
     for tile, expected in enumerate(_brute_force_steps(ordered, 4, 4)):
         assert counts[tile].item() == len(expected)
@@ -196,7 +197,7 @@ def test_forward_plan_lists_exactly_the_nonempty_tiles(granularity, groups):
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_grad_input_plan_lists_exactly_the_nonempty_tiles(granularity):
     mask, block, kept, geo = _plan_inputs(granularity, (10, 7, 2, 3), 0.3)
-    order, steps, counts = (t.cpu() for t in plans.grad_input_plan(mask, block, geo, 4, 2))
+    order, steps, counts = (t.cpu() for t in tile_steps.grad_input_plan(mask, block, geo, 4, 2))
     transposed = kept[order.long()].view(1, 10, 7, -1).transpose(1, 2)  # rows: input channels
     for tile, expected in enumerate(_brute_force_steps(transposed, 4, 2)):
         assert counts[tile].item() == len(expected)
@@ -210,7 +211,7 @@ def test_aligned_block_masks_visit_one_step_per_kept_block():
     tiles = configs.forward_tiles(block, weight_shape, torch.float16)
     assert (tiles.block_n, tiles.block_k) == (16, 16)
     mask = rskcnn.sample_mask(weight_shape, 0.5, block, device=DEVICE)
-    _, _, counts = plans.forward_plan(mask, block, _geometry(weight_shape), tiles.block_n, tiles.block_k)
+    _, _, counts = tile_steps.forward_plan(mask, block, _geometry(weight_shape), tiles.block_n, tiles.block_k)
     assert counts.sum().item() == mask.sum().item()
 
 
@@ -220,7 +221,7 @@ def test_filter_masks_give_dropped_filters_no_steps():
     mask = torch.zeros(128, 1, 1, 1, dtype=torch.bool)
     mask[torch.randperm(128)[:40]] = True
     tiles = configs.forward_tiles(block, weight_shape, torch.float32)
-    _, _, counts = plans.forward_plan(mask.to(DEVICE), block, _geometry(weight_shape), tiles.block_n, tiles.block_k)
+    _, _, counts = tile_steps.forward_plan(mask.to(DEVICE), block, _geometry(weight_shape), tiles.block_n, tiles.block_k)
     busy_tiles = -(-40 // tiles.block_n)
     assert (counts[:busy_tiles] > 0).all() and (counts[busy_tiles:] == 0).all()
 

@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 pytest.importorskip("triton", reason="triton is not installed")
 
 from rskcnn.backends import reference_conv2d  # noqa: E402
-from rskcnn.triton.element import (  # noqa: E402
+from rskcnn.triton_kernels.element import (  # noqa: E402
     _compact,
     element_forward,
     element_grad_input,

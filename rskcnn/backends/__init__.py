@@ -1,7 +1,10 @@
 """The backend registry and ``auto``'s choice.
 
-Adding a backend: subclass :class:`Backend` in a module here, register an instance in
-``BACKENDS`` and, if ``auto`` should consider it, name it in ``AUTO_PRIORITY``.
+Adding a backend: a module here with a :class:`Backend` subclass that declares what it
+serves (see :mod:`rskcnn.backends.base`), and one line in ``BACKENDS``. ``auto`` tries the
+backends that run on the call's device in order of their ``auto_priority`` (the fallback,
+``reference``, last) and takes the first with no reason against the call; a kernel backend's
+reasons include the measured speed table of the machine class (:mod:`.calibration`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import logging
 
 import torch
 
-from .base import Backend, ConvCall
+from .base import Backend
+from .call import ConvCall
 from .cpu import CpuBackend
 from .cuda import CudaBackend
 from .reference import ReferenceBackend, reference_conv2d
@@ -22,15 +26,13 @@ BACKENDS: dict[str, Backend] = {
     b.name: b for b in (ReferenceBackend(), CpuBackend(), CudaBackend(), TritonBackend())
 }
 
-# auto tries these in order and takes the first with no reasons against it;
-# reference accepts everything, so it is always last.
-AUTO_PRIORITY: dict[str, tuple[str, ...]] = {
-    "cpu": ("cpu", "reference"),
-    # Each GPU backend is taken only where the card's calibration table says it is the
-    # fast choice (backends/calibration.py); otherwise masked-dense cuDNN.
-    "cuda": ("cuda", "triton", "reference"),
-}
-DEFAULT_PRIORITY = ("reference",)
+
+def auto_priority(device_type: str) -> tuple[str, ...]:
+    """The backends ``auto`` tries on a device type, in order; the fallback last."""
+    candidates = [b for b in BACKENDS.values() if b.auto_priority is not None and not b.fallback
+                  and (not b.devices or device_type in b.devices)]
+    candidates.sort(key=lambda b: b.auto_priority)
+    return (*(b.name for b in candidates), *(b.name for b in BACKENDS.values() if b.fallback))
 
 BACKEND_NAMES = ("auto", *BACKENDS)
 
@@ -57,7 +59,7 @@ def unavailable_reasons(device: torch.device | str = "cpu") -> dict[str, str]:
 def choose(call: ConvCall) -> tuple[Backend, dict[str, list[str]]]:
     """The backend ``auto`` uses for ``call``, and the reasons it passed over the others."""
     skipped: dict[str, list[str]] = {}
-    for name in AUTO_PRIORITY.get(call.device.type, DEFAULT_PRIORITY):
+    for name in auto_priority(call.device.type):
         reasons = BACKENDS[name].auto_skip_reasons(call)
         if not reasons:
             if skipped and not torch.compiler.is_compiling():  # Dynamo cannot trace logging
@@ -83,6 +85,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "ConvCall",
+    "auto_priority",
     "available_backends",
     "choose",
     "get_backend",

@@ -1,14 +1,21 @@
-"""Where each GPU backend is the fast choice, as measured by ``python -m rskcnn bench`` on a
-card. ``auto`` on CUDA reads it; ``python -m rskcnn calibrate`` writes it.
+"""Where each kernel backend is ``auto``'s fast choice, as measured by ``python -m rskcnn bench``
+on a machine class. ``auto`` reads these tables on every device; ``python -m rskcnn calibrate``
+writes them.
 
-A table maps (dtype, backend, granularity) to ``faster_below``: the largest measured keep
-probability p such that, on every benchmarked layer and at every measured keep up to p, the
-backend's training step took at most ``tolerance`` (1.05) times the fastest option ``auto``
-had (the other rskcnn backends and masked-dense cuDNN, the reference fallback). ``auto``
-takes a backend for a call whose kept fraction is known and at most that bound.
+The choice ``auto`` makes is between a kernel backend and the fallback it would otherwise run:
+the reference backend, whose work the bench times as ``masked-dense`` (the paper's way:
+dense ``F.conv2d`` on ``W * M``, 1.0-1.4x dense). A table maps (dtype, backend, granularity)
+to ``faster_below``: the largest measured keep probability p such that, on every benchmarked
+layer and at every measured keep up to p, the backend's training step took at most
+``tolerance`` (1.05) times the fastest option ``auto`` had there (masked-dense and the other
+kernel backends). So a kernel slower than dense but faster than masked-dense is taken.
+``auto`` takes a backend for a call whose kept fraction is known and at most that bound.
 
-Tables live in ``rskcnn/backends/calibration/<device slug>.json`` (shipped) or the file
-named by ``$RSKCNN_CALIBRATION``; without one for the card, ``auto`` keeps cuDNN.
+Tables live in ``rskcnn/backends/calibration/`` (shipped), or in the file named by
+``$RSKCNN_CALIBRATION``. A machine class is a GPU's name (``nvidia-h200.json``) or a CPU's
+vector ISA (``cpu-avx512.json``); a CPU without a table of its own uses ``cpu.json``, the
+table measured on this project's development machine (its ``device`` field says which).
+Without a table, ``auto`` keeps the fallback and says why.
 """
 
 from __future__ import annotations
@@ -20,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from ..masks import granularity_of
-from .base import ConvCall
+from .call import ConvCall
 
 TOLERANCE = 1.05
 TABLE_DIR = Path(__file__).with_name("calibration")
 SCHEMA = "rskcnn-calibration/1"
 FALLBACK = "masked-dense"  # the bench's name for the reference backend's work
+GENERIC_CPU_TABLE = "cpu"
 
 
 def device_slug(name: str) -> str:
@@ -37,6 +44,26 @@ def dtype_key(dtype: torch.dtype | str, tf32: bool | None) -> str:
     name = str(dtype).removeprefix("torch.")
     return f"{name}+tf32" if name == "float32" and tf32 else name
 
+
+def granularity_key(call: ConvCall) -> str:
+    """The table column of a call: its granularity, or ``grouped`` for grouped convolutions,
+    which take other kernel paths than the benchmarked ungrouped layers."""
+    return call.granularity if call.groups == 1 else "grouped"
+
+
+def cpu_machine_class() -> str:
+    """``cpu-<vector ISA>`` of this machine as ATen dispatches (``cpu-avx512``, ``cpu-avx2``, ...)."""
+    return "cpu-" + device_slug(torch.backends.cpu.get_cpu_capability())
+
+
+def machine_class(result_machine: dict, device: str) -> str:
+    """The machine class of a bench result's ``machine`` record."""
+    if device == "cpu":
+        return "cpu-" + device_slug(result_machine.get("cpu_capability") or "default")
+    return device_slug(result_machine.get("gpu") or "unknown-gpu")
+
+
+# ----------------------------------------------------------------------------- writing tables
 
 def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE) -> dict[str, dict[str, float]]:
     """{backend: {granularity: faster_below}} from one ``rskcnn bench`` result (a dict as
@@ -74,53 +101,81 @@ def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE) -> dict[st
 
 
 def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE) -> dict:
-    """A calibration table (the JSON ``auto`` reads) from bench results of one card, one per
-    dtype/TF32 setting."""
-    devices = {r["machine"].get("gpu") or r["machine"].get("cpu_model") for r in results}
+    """A calibration table (the JSON ``auto`` reads) from bench results of one machine class,
+    one per dtype/TF32 setting."""
+    devices = {r["settings"].get("device", "cuda") for r in results}
     if len(devices) != 1:
-        raise ValueError(f"bench results must come from one device, got {sorted(map(str, devices))}")
-    table = {"schema": SCHEMA, "device": devices.pop(), "tolerance": tolerance, "faster_below": {}}
+        raise ValueError(f"bench results must come from one device type, got {sorted(devices)}")
+    device = devices.pop()
+    names = {r["machine"].get("gpu") or r["machine"].get("cpu_model") for r in results}
+    classes = {machine_class(r["machine"], device) for r in results}
+    if len(names) != 1 or len(classes) != 1:
+        raise ValueError(f"bench results must come from one device, got {sorted(map(str, names | classes))}")
+    table = {"schema": SCHEMA, "device": names.pop(), "machine_class": classes.pop(), "tolerance": tolerance,
+             "faster_below": {}}
     for result in results:
         settings = result["settings"]
         key = dtype_key(settings["dtype"], settings.get("tf32"))
         table["faster_below"][key] = thresholds_from_bench(result, tolerance)
-        table.setdefault("sources", []).append(settings.get("command", ""))
+        table.setdefault("sources", []).append(
+            {"command": settings.get("command", ""), "date": settings.get("date"),
+             "threads": settings.get("threads"), "memory_format": settings.get("memory_format")})
     return table
 
 
-# Loaded once per device index. Under torch.compile the loading runs once at trace time and
-# its result is a constant of the graph: Dynamo can trace neither torch.cuda.get_device_name
-# (it returns a str) nor the file reads, and fullgraph=True would fail on them.
-_TABLES: dict[int | None, tuple[str, dict | None]] = {}
+# ----------------------------------------------------------------------------- reading tables
+
+# Loaded once per device. Under torch.compile the loading runs once at trace time and its
+# result is a constant of the graph: Dynamo can trace neither torch.cuda.get_device_name (it
+# returns a str) nor the file reads, and fullgraph=True would fail on them.
+_TABLES: dict[tuple[str, int | None], tuple[str, dict | None]] = {}
+
+
+def _candidates(device_type: str, name: str) -> list[Path]:
+    if os.environ.get("RSKCNN_CALIBRATION"):
+        return [Path(os.environ["RSKCNN_CALIBRATION"])]
+    if device_type == "cpu":
+        return [TABLE_DIR / f"{name}.json", TABLE_DIR / f"{GENERIC_CPU_TABLE}.json"]
+    return [TABLE_DIR / f"{device_slug(name)}.json"]
 
 
 @torch.compiler.assume_constant_result
-def _load(index: int | None) -> tuple[str, dict | None]:
-    if index not in _TABLES:
-        name = torch.cuda.get_device_name(index)
-        path = Path(os.environ.get("RSKCNN_CALIBRATION") or TABLE_DIR / f"{device_slug(name)}.json")
-        table = json.loads(path.read_text()) if path.is_file() else None
-        if table is not None and table.get("device") != name:
+def _load(device_type: str, index: int | None) -> tuple[str, dict | None]:
+    key = (device_type, index)
+    if key not in _TABLES:
+        name = cpu_machine_class() if device_type == "cpu" else torch.cuda.get_device_name(index)
+        table = None
+        for path in _candidates(device_type, name):
+            if path.is_file():
+                table = json.loads(path.read_text())
+                break
+        # A GPU table is only valid for the card it was measured on.
+        if table is not None and device_type == "cuda" and table.get("device") != name:
             table = None
-        _TABLES[index] = (name, table)
-    return _TABLES[index]
+        _TABLES[key] = (name, table)
+    return _TABLES[key]
 
 
-def faster_than_dense_reasons(backend: str, call: ConvCall) -> list[str]:
-    """Why ``auto`` should not take ``backend`` for ``call`` on its GPU (empty: take it)."""
-    name, table = _load(call.device.index)
+def speed_reasons(backend: str, call: ConvCall) -> list[str]:
+    """Why ``auto`` should not take ``backend`` for ``call`` (empty: take it), from the table
+    of the call's machine class."""
+    name, table = _load(call.device.type, call.device.index)
     if table is None:
         return [f"not calibrated on {name} (no {device_slug(name)}.json in {TABLE_DIR.name}/ or "
-                "$RSKCNN_CALIBRATION; run benchmarks/gpu_suite.sh and python -m rskcnn calibrate)"]
-    key = dtype_key(call.dtype, call.dtype == torch.float32 and torch.backends.cudnn.allow_tf32)
-    granularity = granularity_of(call.block, call.weight_shape)
+                "$RSKCNN_CALIBRATION; run python -m rskcnn bench and python -m rskcnn calibrate)"]
+    tf32 = call.dtype == torch.float32 and call.device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    key = dtype_key(call.dtype, tf32)
+    granularity = granularity_key(call)
     bound = table["faster_below"].get(key, {}).get(backend, {}).get(granularity)
     if bound is None:
         return [f"{granularity} masks in {key} were not calibrated on {name}"]
-    if call.kept_fraction is None:
+    if bound <= 0.0:
+        return [f"measured on {table.get('device', name)}: {backend} was never the fast choice for {granularity} "
+                f"masks in {key} (masked-dense or another backend was faster at every measured keep)"]
+    if call.kept_fraction is None and bound < 1.0:
         return [f"kept fraction unknown (pass expected_keep= or a module's keep_prob), and {backend} is "
                 f"the fast choice on {name} only up to keep {bound:.2f}"]
-    if call.kept_fraction > bound:
-        return [f"measured on {name}: {backend} is the fast choice for {granularity} masks in {key} only up to "
-                f"keep {bound:.2f}, this one keeps {call.kept_fraction:.2f}"]
+    if call.kept_fraction is not None and call.kept_fraction > bound:
+        return [f"measured on {table.get('device', name)}: {backend} is the fast choice for {granularity} masks "
+                f"in {key} only up to keep {bound:.2f}, this one keeps {call.kept_fraction:.2f}"]
     return []

@@ -21,9 +21,7 @@ def reference_conv2d(input, weight, mask, bias=None, stride=1, padding=0, dilati
 class ReferenceBackend(Backend):
     name = "reference"
     description = "dense F.conv2d on weight * mask (the paper's way); every device and dtype"
-
-    def unavailable_reason(self, device: torch.device) -> str | None:
-        return None
+    fallback = True
 
     def conv2d(self, input, weight, mask, bias, stride, padding, dilation, groups, block, scale):
         return reference_conv2d(input, weight, mask, bias, stride, padding, dilation, groups,

@@ -1,5 +1,6 @@
-"""``python -m rskcnn calibrate RESULTS.json ...``: turns GPU bench results into the table
-that ``auto`` reads on that card (rskcnn/backends/calibration.py)."""
+"""``python -m rskcnn calibrate RESULTS.json ...``: turns bench results of one machine class
+(a GPU, or a CPU's vector ISA) into the table that ``auto`` reads there
+(rskcnn/backends/calibration.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from pathlib import Path
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "calibrate",
-        help="write auto's table of where each GPU backend is the fast choice",
-        description="Reads `rskcnn bench` results of one GPU (one file per dtype/TF32 setting) and writes, "
-        "for each dtype, backend and granularity, the largest measured keep probability up to which the "
-        "backend's training step stayed within the tolerance of the fastest option on every layer.",
+        help="write auto's table of where each kernel backend is the fast choice",
+        description="Reads `rskcnn bench` results of one machine class (a GPU, or a CPU's vector ISA; one file "
+        "per dtype/TF32 setting) and writes, for each dtype, backend and granularity, the largest measured keep "
+        "probability up to which the backend's training step stayed within the tolerance of the fastest option "
+        "auto has (masked-dense, the fallback, and the other backends) on every layer.",
     )
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json", help="bench result files")
     parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the table (default: rskcnn/backends/calibration/<device>.json)")
+                        help="where to write the table (default: rskcnn/backends/calibration/<machine class>.json)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="how much slower than the fastest option still counts as fast (default: 1.05)")
     parser.set_defaults(func=run)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         table = calibration.calibration_from_benches(results, tolerance)
     except (KeyError, ValueError) as error:
         raise SystemExit(f"rskcnn calibrate: {error}")
-    out = args.out or calibration.TABLE_DIR / f"{calibration.device_slug(table['device'])}.json"
+    out = args.out or calibration.TABLE_DIR / f"{table['machine_class']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1) + "\n")
     for dtype, backends in table["faster_below"].items():

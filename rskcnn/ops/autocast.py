@@ -1,4 +1,5 @@
-"""Autocast rules for rskcnn's custom ops.
+"""Autocast rules for rskcnn's custom ops (registered per trio by :mod:`rskcnn.ops.cpp` and
+:mod:`rskcnn.ops.triton`).
 
 Under ``torch.autocast`` a custom op runs in whatever dtypes it is given unless it has a rule.
 ``nn.Conv2d`` returns autocast's dtype there, so rskcnn's convolution ops must too. torch's
@@ -22,8 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from . import _extension
 
 _LOW_OR_SINGLE = (torch.float16, torch.bfloat16, torch.float32)
 _libraries: dict[str, torch.library.Library] = {}
@@ -92,9 +91,3 @@ def register_autocast_rule(op: str, device_type: str, run_dtypes: Sequence[torch
     lib.impl(name, lambda _keyset, *args: rule(*args), key_name, with_keyset=True)
     _libraries[lib_key] = lib
 
-
-if _extension.has_ops():
-    # The C++ CPU kernels compute in float32/float64 only; the CUDA ones in half precision too.
-    register_autocast_rule("rskcnn::masked_conv2d", "cpu", run_dtypes=())
-    if _extension.cuda_built():
-        register_autocast_rule("rskcnn::masked_conv2d", "cuda", run_dtypes=(torch.float16, torch.bfloat16))

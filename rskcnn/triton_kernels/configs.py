@@ -125,3 +125,10 @@ def launch(kernel, free: str, grid, tiles: Tiles, tensors: tuple, args: dict) ->
     value = getattr(tiles, free.lower())
     wrap_triton(kernel)[grid(value)](*tensors, **args, **{free: value}, num_warps=tiles.num_warps,
                                      num_stages=tiles.num_stages)
+
+
+def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """tl.dot's input precision: fp32 follows ``torch.backends.cudnn.allow_tf32`` as cuDNN does."""
+    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"

@@ -8,8 +8,8 @@ import triton.language as tl
 
 from . import configs
 from .configs import Tiles
-from .geometry import ConvGeometry
-from .plans import _mask_at, mask_args, mask_bytes
+from ..geometry import ConvGeometry
+from .tile_steps import mask_at, mask_args, mask_bytes
 
 
 @triton.jit
@@ -56,7 +56,7 @@ def _forward_kernel(
                     mask=in_ok[:, None] & cin_ok[None, :], other=0.0)
         w_ok = cin_ok[:, None] & col_ok[None, :]
         w = tl.load(w_ptr + cout[None, :] * sw_o + cin[:, None] * sw_c + kh * sw_h + kw * sw_w, mask=w_ok, other=0.0)
-        keep = tl.load(_mask_at(mask_ptr, cout[None, :], cin[:, None], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
+        keep = tl.load(mask_at(mask_ptr, cout[None, :], cin[:, None], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
                        mask=w_ok, other=0)
         acc = tl.dot(x, tl.where(keep != 0, w, 0.0), acc, input_precision=PRECISION)
 
@@ -71,7 +71,7 @@ def launch_forward(x, w, mask, block, scale: float, bias, y, order, steps, count
                    precision: str, kept_tenths: int = 0) -> None:
     """``y (N, Cout, OH, OW)`` from ``x (N, Cin, H, W)``, ``w (Cout, Cin_g, KH, KW)`` and its block
     ``mask`` (masked weights are never multiplied); ``order``/``steps``/``counts`` from
-    :func:`rskcnn.triton.plans.forward_plan` with the same tiles."""
+    :func:`rskcnn.triton_kernels.tile_steps.forward_plan` with the same tiles."""
     mask8 = mask_bytes(mask)
     n_tiles = triton.cdiv(geo.cout_g, tiles.block_n)
     pixels = geo.n * geo.oh * geo.ow

@@ -11,8 +11,8 @@ import triton.language as tl
 
 from . import configs
 from .configs import Tiles
-from .geometry import ConvGeometry
-from .plans import _mask_at, mask_args, mask_bytes
+from ..geometry import ConvGeometry
+from .tile_steps import mask_at, mask_args, mask_bytes
 
 
 @triton.jit
@@ -42,7 +42,7 @@ def _grad_weight_kernel(
     lane = tl.arange(0, BLOCK_K)
 
     ok = rank_ok[:, None] & cin_ok[None, :]
-    keep = tl.load(_mask_at(mask_ptr, cout[:, None], cin[None, :], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
+    keep = tl.load(mask_at(mask_ptr, cout[:, None], cin[None, :], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
                    mask=ok, other=0).to(tl.float32)
     pixel_count = N * OH * OW
     iterations = tl.where(tl.max(keep) > 0, tl.cdiv(pixel_count, BLOCK_K), 0)
@@ -69,7 +69,7 @@ def _grad_weight_kernel(
 def launch_grad_weight(dy, x, mask, block, scale: float, dw, order, geo: ConvGeometry, tiles: Tiles,
                        precision: str, kept_tenths: int = 0) -> None:
     """``dw (Cout, Cin_g, KH, KW)`` from ``dy (N, Cout, OH, OW)`` and ``x (N, Cin, H, W)``, times the
-    block ``mask`` and ``scale``; ``order`` from :func:`rskcnn.triton.plans.channel_order`."""
+    block ``mask`` and ``scale``; ``order`` from :func:`rskcnn.triton_kernels.tile_steps.channel_order`."""
     mask8 = mask_bytes(mask)
     o_tiles, c_tiles = triton.cdiv(geo.cout_g, tiles.block_m), triton.cdiv(geo.cin_g, tiles.block_n)
     args = dict(

@@ -1,6 +1,11 @@
 """The Triton backend's kernels: implicit-GEMM convolutions whose reduction loops visit
 only the kept (tap, channel-block) pairs, and sparse kernels for per-weight masks.
 
+One module a job: :mod:`.tile_steps` (channel order and kept-step lists, one launch per
+pass), :mod:`.forward`, :mod:`.grad_input`, :mod:`.grad_weight` (the tiled kernels),
+:mod:`.element` (per-weight sparse kernels), :mod:`.configs` (tiles), and :mod:`.passes`
+(the three passes as functions of tensors, from which :mod:`rskcnn.ops.triton` defines the ops).
+
 Importing this package does not import Triton; :func:`unavailable_reason` does, once.
 On the CPU the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` set
 before Triton is imported), which is how CI tests them.
@@ -13,7 +18,7 @@ import os
 
 import torch
 
-# The plan kernel (plans.py) sorts a group's output channels in one program's registers.
+# The step-list kernel (tile_steps.py) sorts a group's output channels in one program's registers.
 MAX_GROUP_CHANNELS = 8192
 
 
@@ -35,18 +40,18 @@ def _import_error() -> str | None:
 
 
 # A plain dict rather than functools.cache, which torch.compile would trace through.
-_REASONS: dict[tuple[str, int | None], str | None] = {}
+_REASONS: dict[str, str | None] = {}
 
 
-def unavailable_reason(device_type: str, device_index: int | None = None) -> str | None:
-    """Why the Triton kernels cannot run on a device of this type, or None (checked once)."""
-    key = (device_type, device_index)
-    if key not in _REASONS:
-        _REASONS[key] = _unavailable_reason(device_type, device_index)
-    return _REASONS[key]
+def unavailable_reason(device_type: str) -> str | None:
+    """Why the Triton kernels cannot run on a ``"cpu"`` or ``"cuda"`` device, or None (checked
+    once per type). The compute capability is the backend's declaration (rskcnn.backends.triton)."""
+    if device_type not in _REASONS:
+        _REASONS[device_type] = _unavailable_reason(device_type)
+    return _REASONS[device_type]
 
 
-def _unavailable_reason(device_type: str, device_index: int | None) -> str | None:
+def _unavailable_reason(device_type: str) -> str | None:
     error = _import_error()
     if error is not None:
         return error
@@ -54,13 +59,8 @@ def _unavailable_reason(device_type: str, device_index: int | None) -> str | Non
         if not interpreting():
             return "runs on the CPU only under Triton's interpreter (set TRITON_INTERPRET=1 before importing triton)"
         return None
-    if device_type != "cuda":
-        return f"runs on CUDA GPUs (or the CPU interpreter), not {device_type}"
     if interpreting():
         return "TRITON_INTERPRET=1 is set, so Triton cannot launch on CUDA in this process"
     if not torch.cuda.is_available():
         return "CUDA is not available"
-    major, _ = torch.cuda.get_device_capability(device_index)
-    if major < 8:
-        return f"needs a GPU of compute capability >= 8.0 (tensor-core tl.dot in bf16/tf32), got {major}.x"
     return None

@@ -1,47 +1,33 @@
 """Fake kernels and autograd shared by every trio of masked-convolution ops.
 
-A trio is ``(forward, grad_input, grad_weight)``: the C++ ops of csrc/rskcnn.cpp
-(``masked_conv2d*``) and the Triton ops of rskcnn/triton (``triton_conv2d*``) follow the
-same schemas, so one set of rules serves both:
+The trios (:mod:`rskcnn.ops.schemas`) share one schema, so one set of rules serves them all:
 
-* ``forward(input, weight, mask, bias, stride, padding, dilation, groups, block, scale)``
-* ``grad_input(grad_output, weight, mask, input_size, stride, ..., scale)``
-* ``grad_weight(grad_output, input, mask, weight_size, stride, ..., scale)``
-
-with the meaning of ``F.conv2d(input, weight * expand(mask, block) * scale, ...)``; padding
-is symmetric ints here (the functional API resolves ``'same'``).
+* fake kernels: output shapes and strides from the arguments alone, validated with
+  ``torch._check`` (what ``torch.compile`` and ``opcheck`` run);
+* autograd: the convolution is bilinear in (input, weight), so each op's derivatives are
+  the other two ops of its trio, which gives double backward too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .functional import conv_out_extent
-
-
-def output_memory_format(t: torch.Tensor) -> torch.memory_format:
-    """The rule of csrc/conv_args.h::follow_memory_format, so fake and real strides agree."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+from ..geometry import conv_output_shape, mask_shape_of, output_memory_format
+from .schemas import OpTrio
 
 
 def output_shape(input_size, weight_size, stride, padding, dilation) -> tuple:
-    n, _, h, w = input_size
-    cout, _, kh, kw = weight_size
-    oh = conv_out_extent(h, kh, stride[0], padding[0], dilation[0])
-    ow = conv_out_extent(w, kw, stride[1], padding[1], dilation[1])
-    torch._check(oh > 0 and ow > 0, lambda: "rskcnn: kernel is larger than the padded input")
-    return (n, cout, oh, ow)
+    """``(N, Cout, OH, OW)``, checked (with ``torch._check``, so it also runs on fake tensors)."""
+    shape = conv_output_shape(input_size, weight_size, stride, padding, dilation)
+    torch._check(shape[2] > 0 and shape[3] > 0, lambda: "rskcnn: kernel is larger than the padded input")
+    return shape
 
 
 def check_mask(mask, weight_size, block, device) -> None:
     torch._check(
         mask.device == device, lambda: f"rskcnn: mask is on {mask.device} but the other tensors are on {device}"
     )
-    expected = tuple(-(-s // b) for s, b in zip(weight_size, block))
+    expected = mask_shape_of(weight_size, block)
     torch._check(mask.dtype == torch.bool, lambda: f"rskcnn: mask must be torch.bool, got {mask.dtype}")
     torch._check(
         tuple(mask.shape) == expected,
@@ -66,23 +52,10 @@ def grad_weight_fake(grad_output, input, mask, weight_size, stride, padding, dil
     return grad_output.new_empty(weight_size)
 
 
-@dataclass(frozen=True)
-class OpTrio:
-    """Qualified names (``ns::name``) of a forward op and its two gradient ops."""
-
-    forward: str
-    grad_input: str
-    grad_weight: str
-
-    def op(self, which: str):
-        namespace, name = getattr(self, which).split("::")
-        return getattr(getattr(torch.ops, namespace), name).default
-
-
 def register_fakes(trio: OpTrio) -> None:
-    torch.library.register_fake(trio.forward, forward_fake)
-    torch.library.register_fake(trio.grad_input, grad_input_fake)
-    torch.library.register_fake(trio.grad_weight, grad_weight_fake)
+    torch.library.register_fake(trio.qualified("forward"), forward_fake)
+    torch.library.register_fake(trio.qualified("grad_input"), grad_input_fake)
+    torch.library.register_fake(trio.qualified("grad_weight"), grad_weight_fake)
 
 
 def register_autograd(trio: OpTrio) -> None:
@@ -139,6 +112,7 @@ def register_autograd(trio: OpTrio) -> None:
             d_input = gi()(grad_output, grad_grad_weight, mask, ctx.input_size, *ctx.conv)
         return d_grad_output, d_input, None, None, None, None, None, None, None, None
 
-    torch.library.register_autograd(trio.forward, backward_forward, setup_context=setup_forward)
-    torch.library.register_autograd(trio.grad_input, backward_grad_input, setup_context=setup_grad_input)
-    torch.library.register_autograd(trio.grad_weight, backward_grad_weight, setup_context=setup_grad_weight)
+    torch.library.register_autograd(trio.qualified("forward"), backward_forward, setup_context=setup_forward)
+    torch.library.register_autograd(trio.qualified("grad_input"), backward_grad_input, setup_context=setup_grad_input)
+    torch.library.register_autograd(trio.qualified("grad_weight"), backward_grad_weight,
+                                    setup_context=setup_grad_weight)

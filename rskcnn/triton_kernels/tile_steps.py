@@ -21,7 +21,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import MAX_GROUP_CHANNELS
-from .geometry import ConvGeometry
+from ..geometry import ConvGeometry
 
 # The sort key packs (alive, pattern of the first _KEY_TAPS taps, channel) into an int64.
 _KEY_TAPS = 40
@@ -29,7 +29,7 @@ _CHANNEL_BITS = 20
 
 
 @triton.jit
-def _mask_at(mask_ptr, o, c, kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW):
+def mask_at(mask_ptr, o, c, kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW):
     return mask_ptr + (o // BO) * sm_o + (c // BI) * sm_i + (kh // BH) * sm_h + (kw // BW) * sm_w
 
 
@@ -48,7 +48,7 @@ def _store_group_order(mask_ptr, order_ptr, group, COUT_G, CIN_G, KW, TAPS,
         kw = tap % KW
         kept = tl.zeros((GROUP_P2,), dtype=tl.int32)
         for c in range(0, CIN_G, BI):  # one mask column per step
-            kept |= tl.load(_mask_at(mask_ptr, cout, c, kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
+            kept |= tl.load(mask_at(mask_ptr, cout, c, kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
                             mask=ok, other=0).to(tl.int32)
         alive |= kept
         if tap < KEY_TAPS:
@@ -95,11 +95,11 @@ def _plan_kernel(
             if ROWS_ARE_INPUT:
                 cols_ok = cols < COUT_G
                 cout = tl.load(order_ptr + group * COUT_G + cols, mask=cols_ok, other=0)
-                where = _mask_at(mask_ptr, cout[None, :], rows[:, None], tap // KW, tap % KW,
+                where = mask_at(mask_ptr, cout[None, :], rows[:, None], tap // KW, tap % KW,
                                  sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW)
             else:
                 cols_ok = cols < CIN_G
-                where = _mask_at(mask_ptr, row_cout[:, None], cols[None, :], tap // KW, tap % KW,
+                where = mask_at(mask_ptr, row_cout[:, None], cols[None, :], tap // KW, tap % KW,
                                  sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW)
             m = tl.load(where, mask=rows_ok[:, None] & cols_ok[None, :], other=0)
             kept = tl.max(m.to(tl.int32)) > 0

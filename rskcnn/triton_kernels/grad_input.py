@@ -10,8 +10,8 @@ import triton.language as tl
 
 from . import configs
 from .configs import Tiles
-from .geometry import ConvGeometry
-from .plans import _mask_at, mask_args, mask_bytes
+from ..geometry import ConvGeometry
+from .tile_steps import mask_at, mask_args, mask_bytes
 
 
 @triton.jit
@@ -62,7 +62,7 @@ def _grad_input_kernel(
                      mask=from_ok[:, None] & rank_ok[None, :], other=0.0)
         w_ok = rank_ok[:, None] & cin_ok[None, :]
         w = tl.load(w_ptr + cout[:, None] * sw_o + cin[None, :] * sw_c + kh * sw_h + kw * sw_w, mask=w_ok, other=0.0)
-        keep = tl.load(_mask_at(mask_ptr, cout[:, None], cin[None, :], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
+        keep = tl.load(mask_at(mask_ptr, cout[:, None], cin[None, :], kh, kw, sm_o, sm_i, sm_h, sm_w, BO, BI, BH, BW),
                        mask=w_ok, other=0)
         acc = tl.dot(dy, tl.where(keep != 0, w, 0.0), acc, input_precision=PRECISION)
 
@@ -76,7 +76,7 @@ def _grad_input_kernel(
 def launch_grad_input(dy, w, mask, block, scale: float, dx, order, steps, counts, geo: ConvGeometry, tiles: Tiles,
                       precision: str, kept_tenths: int = 0) -> None:
     """``dx (N, Cin, H, W)`` from ``dy (N, Cout, OH, OW)``, ``w`` and its block ``mask``; every
-    element of ``dx`` is written. Plan from :func:`rskcnn.triton.plans.grad_input_plan`."""
+    element of ``dx`` is written. Plan from :func:`rskcnn.triton_kernels.tile_steps.grad_input_plan`."""
     mask8 = mask_bytes(mask)
     n_tiles = triton.cdiv(geo.cin_g, tiles.block_n)
     pixels = geo.n * geo.h * geo.w

@@ -1,0 +1,176 @@
+"""auto's speed rules: one mechanism for every device (rskcnn/backends/calibration.py).
+
+A table per machine class, written by ``python -m rskcnn calibrate`` from bench results,
+compares each kernel backend with the options auto actually chooses between (masked-dense,
+the reference fallback, and the other backends), not with plain dense. Runs anywhere: the
+GPU cases use synthetic tables and calls, never a device.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import rskcnn
+from rskcnn.__main__ import main
+from rskcnn.backends import ConvCall, calibration, choose
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_BENCH = ROOT / "benchmarks" / "results" / "cpu-float32.json"
+
+
+def bench_result(times: dict, gpu="Test GPU", dtype="bfloat16", tf32=None, device="cuda") -> dict:
+    """A minimal `rskcnn bench` result: times[(granularity, keep, layer, backend)] = seconds."""
+    backends = sorted({k[3] for k in times})
+    records = [dict(granularity=g, keep_prob=p, layer=layer, backend=b, median_s=t, **{"pass": "step"})
+               for (g, p, layer, b), t in times.items()]
+    machine = {"gpu": gpu} if device == "cuda" else {"cpu_model": "Test CPU", "cpu_capability": "AVX2"}
+    return {"machine": machine, "settings": {"device": device, "dtype": dtype, "tf32": tf32,
+                                             "backends": ["dense", *backends], "command": "python -m rskcnn bench"},
+            "records": records}
+
+
+def synthetic_times(kernel="cuda") -> dict:
+    times = {}
+    for layer in ("a", "b"):
+        for keep in (0.25, 0.5, 0.75):
+            times[("filter", keep, layer, "masked-dense")] = 1.0
+            times[("filter", keep, layer, kernel)] = 1.2 * keep + 0.1      # 0.4, 0.7, 1.0
+            if kernel == "cuda":
+                times[("filter", keep, layer, "triton")] = 1.3 * keep + 0.1 + (0.2 if layer == "b" else 0.0)
+            times[("element", keep, layer, "masked-dense")] = 1.0
+            times[("element", keep, layer, kernel)] = 2.0
+    return times
+
+
+def test_thresholds_take_the_largest_keep_within_tolerance_on_every_layer():
+    table = calibration.thresholds_from_bench(bench_result(synthetic_times()))
+    assert table["cuda"]["filter"] == 0.75  # 1.0 <= 1.05 * 1.0 at keep 0.75
+    # triton is more than 5% slower than cuda on layer b from keep 0.25 on
+    assert table["triton"]["filter"] == 0.0
+    assert table["cuda"]["element"] == 0.0
+
+
+def test_a_kernel_slower_than_dense_but_faster_than_masked_dense_is_taken():
+    """The rule compares with masked-dense (what auto would otherwise run), not with dense."""
+    times = {}
+    for keep in (0.25, 0.5, 0.75):
+        times[("block", keep, "a", "dense")] = 1.0
+        times[("block", keep, "a", "masked-dense")] = 1.3
+        times[("block", keep, "a", "cpu")] = 1.2  # slower than dense, faster than masked-dense
+    result = bench_result(times, device="cpu", dtype="float32")
+    assert calibration.thresholds_from_bench(result)["cpu"]["block"] == 0.75
+
+
+def gpu_call(granularity="filter", kept=0.5, dtype=torch.bfloat16, groups=1) -> ConvCall:
+    weight = (64, 32 // groups, 3, 3)
+    return ConvCall(device=torch.device("cuda", 0), dtype=dtype, input_shape=(8, 32, 14, 14), weight_shape=weight,
+                    block=rskcnn.block_shape(granularity, weight), stride=(1, 1), padding=(1, 1),
+                    dilation=(1, 1), groups=groups, kept_fraction=kept)
+
+
+def cpu_call(granularity="filter", kept=0.5, groups=1) -> ConvCall:
+    weight = (64, 32 // groups, 3, 3)
+    return ConvCall(device=torch.device("cpu"), dtype=torch.float32, input_shape=(8, 32, 14, 14),
+                    weight_shape=weight, block=rskcnn.block_shape(granularity, weight), stride=(1, 1),
+                    padding=(1, 1), dilation=(1, 1), groups=groups, kept_fraction=kept)
+
+
+def test_auto_reasons_follow_the_table(monkeypatch):
+    table = calibration.calibration_from_benches([bench_result(synthetic_times())])
+    monkeypatch.setitem(calibration._TABLES, ("cuda", 0), ("Test GPU", table))
+    assert calibration.speed_reasons("cuda", gpu_call(kept=0.5)) == []
+    assert "only up to keep 0.75" in calibration.speed_reasons("cuda", gpu_call(kept=0.9))[0]
+    assert "kept fraction unknown" in calibration.speed_reasons("cuda", gpu_call(kept=None))[0]
+    assert "never the fast choice" in calibration.speed_reasons("cuda", gpu_call("element"))[0]
+    assert "grouped masks" in calibration.speed_reasons("cuda", gpu_call(groups=2))[0]
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert "filter masks in float32 were not calibrated" in calibration.speed_reasons(
+        "cuda", gpu_call(dtype=torch.float32))[0]
+    monkeypatch.setitem(calibration._TABLES, ("cuda", 0), ("Test GPU", None))
+    assert "not calibrated on Test GPU" in calibration.speed_reasons("cuda", gpu_call())[0]
+
+
+def test_auto_reasons_trace_under_compile_fullgraph(monkeypatch, tmp_path):
+    """auto's table loading (device name, file reads) runs once at trace time: on an H200,
+    torch.compile(fullgraph=True) of a default RSKConv2d failed on torch.cuda.get_device_name."""
+    table = calibration.calibration_from_benches([bench_result(synthetic_times())])
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("RSKCNN_CALIBRATION", str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Test GPU")
+    monkeypatch.setattr(calibration, "_TABLES", {})
+    torch._dynamo.reset()
+
+    def reasons_count(x, kept):
+        return x + len(calibration.speed_reasons("cuda", gpu_call(kept=kept)))
+
+    for kept, count in ((0.5, 0), (0.9, 1)):  # a fresh trace each, so kept stays a constant
+        torch._dynamo.reset()
+        compiled = torch.compile(reasons_count, fullgraph=True, backend="eager")
+        assert compiled(torch.zeros(1), kept).item() == count
+    torch._dynamo.reset()
+
+
+def test_a_gpu_table_of_another_card_is_ignored(monkeypatch, tmp_path):
+    table = calibration.calibration_from_benches([bench_result(synthetic_times(), gpu="Other GPU")])
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("RSKCNN_CALIBRATION", str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Test GPU")
+    monkeypatch.setattr(calibration, "_TABLES", {})
+    assert "not calibrated on Test GPU" in calibration.speed_reasons("cuda", gpu_call())[0]
+
+
+# --------------------------------------------------------------------------- the CPU's committed table
+
+
+def test_the_committed_cpu_table_is_what_calibrate_writes_from_the_committed_bench(tmp_path):
+    """`python -m rskcnn calibrate benchmarks/results/cpu-float32.json` reproduces cpu.json."""
+    out = tmp_path / "cpu.json"
+    assert main(["calibrate", str(CPU_BENCH), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    committed = json.loads((calibration.TABLE_DIR / "cpu.json").read_text())
+    assert written == committed
+    assert committed["machine_class"].startswith("cpu-")
+
+
+def test_cpu_auto_follows_the_committed_table(monkeypatch):
+    monkeypatch.delenv("RSKCNN_CALIBRATION", raising=False)
+    monkeypatch.setattr(calibration, "_TABLES", {})
+    monkeypatch.setattr(calibration, "cpu_machine_class", lambda: "cpu-test-isa")  # no table of its own
+    table = json.loads((calibration.TABLE_DIR / "cpu.json").read_text())["faster_below"]["float32"]["cpu"]
+    for granularity, bound in table.items():
+        for kept in (0.25, 0.5, 0.75):
+            reasons = calibration.speed_reasons("cpu", cpu_call(granularity, kept))
+            assert (reasons == []) == (0 < bound and kept <= bound), (granularity, kept, bound, reasons)
+    assert "grouped masks" in calibration.speed_reasons("cpu", cpu_call(groups=2))[0]
+
+
+def test_cpu_machine_class_table_wins_over_the_generic_one(monkeypatch, tmp_path):
+    monkeypatch.delenv("RSKCNN_CALIBRATION", raising=False)
+    monkeypatch.setattr(calibration, "_TABLES", {})
+    monkeypatch.setattr(calibration, "TABLE_DIR", tmp_path)
+    monkeypatch.setattr(calibration, "cpu_machine_class", lambda: "cpu-avx2")
+    own = calibration.calibration_from_benches([bench_result(synthetic_times("cpu"), device="cpu",
+                                                             dtype="float32")])
+    assert own["machine_class"] == "cpu-avx2"
+    (tmp_path / "cpu-avx2.json").write_text(json.dumps(own))
+    (tmp_path / "cpu.json").write_text(json.dumps({**own, "faster_below": {}}))
+    assert calibration.speed_reasons("cpu", cpu_call(kept=0.5)) == []
+    chosen, skipped = choose(cpu_call(kept=0.5)) if "cpu" in rskcnn.available_backends("cpu") else (None, None)
+    if chosen is not None:
+        assert chosen.name == "cpu"
+        assert choose(cpu_call("element", kept=0.5))[0].name == "reference"
+
+
+def test_calibrate_rejects_results_of_two_machines(tmp_path, capsys):
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(bench_result(synthetic_times(), gpu="GPU A")))
+    b.write_text(json.dumps(bench_result(synthetic_times(), gpu="GPU B")))
+    with pytest.raises(SystemExit, match="one device"):
+        main(["calibrate", str(a), str(b), "--out", str(tmp_path / "t.json")])
