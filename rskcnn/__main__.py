@@ -1,4 +1,8 @@
-"""``python -m rskcnn`` (also the ``rskcnn`` console script): ``info``, ``bench``, ``plot``, ``calibrate`` and ``train``."""
+"""``python -m rskcnn`` (also the ``rskcnn`` console script): ``info``, ``bench``, ``plot`` and ``calibrate``.
+
+The paper's training harness is not part of the package: ``python references/paper/train.py``
+in a checkout of the repository.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import bench, calibrate, info, plot, train
+    from .cli import bench, calibrate, info, plot
 
     parser = argparse.ArgumentParser(
         prog="rskcnn",
@@ -18,7 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(commands)
     plot.add_parser(commands)
     calibrate.add_parser(commands)
-    train.add_parser(commands)
     return parser
 
 

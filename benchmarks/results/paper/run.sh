@@ -10,16 +10,22 @@
 # priority order; the runs were split across the two processes as they came free (see
 # log-*.txt). The last step rebuilds the table and plots from every run found.
 #
+# The runs were made with `python -m rskcnn train` (the command recorded in runs/*.json and
+# results.md); the harness has since moved out of the package to references/paper/train.py,
+# with the same options, which this script now calls.
+#
 # RSKCNN_SRC: a frozen copy of the package to run from (others edited the checkout meanwhile).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 OUT=$ROOT/benchmarks/results/paper
 AUTHORS=${AUTHORS:-$ROOT/../shared/paper-logs/fashion-mnist-6layer-cnn}
 cd "${RSKCNN_SRC:-$ROOT}"
+# the harness imports rskcnn as a user would: from this copy, not whatever else is installed
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
 COMMON=(--dataset fashion-mnist --train-subset 20000 --threads 1 --skip-done --no-plots)
 CORE=(--variants dense,rsk-filter,rsk-element,rsk-schedule --epochs 15 --sweep none)
-train() { nice -n 10 python -m rskcnn train "${COMMON[@]}" "$@"; }
+train() { nice -n 10 python references/paper/train.py "${COMMON[@]}" "$@"; }
 
 # 1. the core: four variants, three seeds, 15 epochs (process A: seeds 0 and 1, B: seed 2)
 train --out "$OUT" "${CORE[@]}" --seeds 0,1 > "$OUT/log-a.txt" 2>&1 &
@@ -37,5 +43,5 @@ train --out "$OUT" --epochs 15 --seeds 0 --variants dropout2d --sweep none >> "$
 train --out "$OUT" --epochs 15 --seeds 0 --variants dense --sweep 0.9 > "$OUT/log-e.txt" 2>&1
 wait
 # 4. tables and plots (the authors' Keras logs are parsed into authors.csv beside them)
-python -m rskcnn train --out "$OUT" --report-only --authors-logs "$AUTHORS" > "$OUT/log-report.txt" 2>&1
-python -m rskcnn train --out "$OUT/40-epochs" --report-only --authors-logs "$AUTHORS" >> "$OUT/log-report.txt" 2>&1
+python references/paper/train.py --out "$OUT" --report-only --authors-logs "$AUTHORS" > "$OUT/log-report.txt" 2>&1
+python references/paper/train.py --out "$OUT/40-epochs" --report-only --authors-logs "$AUTHORS" >> "$OUT/log-report.txt" 2>&1

@@ -1,4 +1,4 @@
-"""Results of ``python -m rskcnn train``: the Markdown table (mean ± std over seeds), the
+"""Results of ``references/paper/train.py``: the Markdown table (mean ± std over seeds), the
 authors' Keras logs parsed for comparison, and PNG curves (matplotlib, optional)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import re
 import statistics
 
-from .train_model import SWEEP_PREFIX, VARIANTS
+from model import SWEEP_PREFIX, VARIANTS
 
 # "469/469 [===] - 2s 4ms/step - loss: 0.0719 - accuracy: 0.9726 - val_loss: 0.2314 - val_accuracy: 0.9338"
 KERAS_LINE = re.compile(r"- loss: ([\d.]+) - accuracy: ([\d.]+) - val_loss: ([\d.]+) - val_accuracy: ([\d.]+)")
@@ -263,7 +263,7 @@ def write_report(out: str, authors_logs: str | None = None, plots: bool = True, 
     commands = sorted({r["command"] for r in runs})
     machine = runs[-1]["machine"]
     header = [
-        "# python -m rskcnn train: results", "",
+        "# references/paper/train.py: results", "",
         f"Dataset: {runs[0]['settings']['dataset']} ({runs[0]['settings']['train_images']} train, "
         f"{runs[0]['settings']['val_images']} validation images). Machine: {machine['cpu']}, "
         f"{machine['logical_cpus']} logical CPUs, {machine['threads']} torch threads, torch {machine['torch']}, "

@@ -1,4 +1,4 @@
-"""Offline data for ``python -m rskcnn train``: IDX files (MNIST, Fashion-MNIST), CIFAR
+"""Offline data for ``references/paper/train.py``: IDX files (MNIST, Fashion-MNIST), CIFAR
 pickles and scikit-learn's bundled digits, all read with the standard library and numpy.
 
 Every loader returns a :class:`Split` of float32 images ``(N, C, H, W)`` scaled to [0, 1] and

@@ -1,4 +1,4 @@
-"""The authors' 6-layer CNN and the variants that ``python -m rskcnn train`` compares.
+"""The authors' 6-layer CNN and the variants that ``references/paper/train.py`` compares.
 
 conv 32 -> ReLU -> max-pool 2 -> conv 64 -> ReLU -> max-pool 2 -> conv 128 -> ReLU [-> regulariser]
 -> flatten -> dense 128 -> ReLU -> dense 64 -> ReLU -> dense 10 (28x28 inputs; 256 -> 128 for
