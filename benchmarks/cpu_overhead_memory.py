@@ -39,7 +39,7 @@ MEMORY = (8, 256, 256, 28)
 
 STEP_CHILD = r"""
 import json, re, torch, rskcnn
-from rskcnn.cli.passes import backend_conv, dense_conv, make_pass
+from rskcnn.bench import backend_conv, dense_conv, make_pass
 def kib(key):
     return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
 torch.set_num_threads({threads})
@@ -71,7 +71,7 @@ def step_peak_mib(threads: int, shape, granularity: str, keep: float) -> float:
 
 def overhead_rows(threads: int) -> list[dict]:
     import rskcnn
-    from rskcnn.cli.timing import measure
+    from rskcnn.bench import measure
 
     def median_ms(fn) -> float:
         return measure(fn, threads, 1.0, torch.device("cpu"))["median_s"] * 1e3

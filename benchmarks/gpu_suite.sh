@@ -7,7 +7,7 @@
 # Steps run most-informative first, each under its own time cap and all under --budget
 # (default 450 s), so that a slow step costs only what comes after it. Writes 8 files to
 # DIR, copied there after every step: suite.log, tests-cuda.xml, tests-triton.xml,
-# bench-{bf16,tf32,element}.json, profile.txt and calibration.json (rskcnn.cli.report
+# bench-{bf16,tf32,element}.json, profile.txt and calibration.json (rskcnn.bench.markdown
 # renders a bench JSON as markdown). Exits non-zero if any step failed or was not run.
 #
 # Step times on an H200 (2026-11-26, 16 host CPUs; results/gpu-h200): machine start ~30 s

@@ -1,7 +1,7 @@
 """Profiles one pass of the rskcnn ``cpu`` backend (and dense F.conv2d) on a bench layer.
 
-The data, the mask and the timed callables are the bench's own (rskcnn.cli.sweep,
-rskcnn.cli.passes), so a profile here is of exactly what ``python -m rskcnn bench`` times.
+The data, the mask and the timed callables are the bench's own (rskcnn.bench.bench_tensors,
+rskcnn.bench.make_pass), so a profile here is of exactly what ``python -m rskcnn bench`` times.
 
   # time one configuration (and dense, same pass, same process), one thread
   python benchmarks/profile_cpu.py run --layer vgg16 --granularity element --keep 0.5 --pass forward
@@ -50,14 +50,11 @@ def build(layer_name: str, granularity: str, keep: float, pass_name: str, backen
     import torch
 
     from rskcnn import block_shape, expand_mask, sample_mask
-    from rskcnn.cli.layers import LAYERS
-    from rskcnn.cli.passes import backend_conv, dense_conv, make_pass
-    from rskcnn.cli.sweep import _tensors
+    from rskcnn.bench import LAYERS, backend_conv, bench_tensors, dense_conv, make_pass
 
     layer = LAYERS[layer_name]
     batch = batch or layer.batch
-    settings = {"seed": seed, "dtype": "float32", "memory_format": "contiguous"}
-    x, w, b, grad_output = _tensors(layer, batch, settings, torch.device("cpu"))
+    x, w, b, grad_output = bench_tensors(layer, batch, seed=seed, dtype="float32", device="cpu")
     block = block_shape(granularity, layer.weight_shape, tuple(block_size))
     generator = torch.Generator().manual_seed(seed)  # as the bench draws it
     mask = sample_mask(layer.weight_shape, keep, block, generator=generator, device="cpu")
@@ -90,7 +87,7 @@ def time_loop(fn, seconds: float, min_calls: int = 3) -> tuple[list[float], list
 def cmd_run(args) -> dict:
     import torch
 
-    from rskcnn.cli.timing import steady_malloc
+    from rskcnn.bench import steady_malloc
 
     torch.set_num_threads(args.threads)
     malloc = steady_malloc()

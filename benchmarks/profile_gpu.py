@@ -13,8 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import rskcnn
-from rskcnn.cli.layers import LAYERS
-from rskcnn.cli.passes import backend_conv, make_pass
+from rskcnn.bench import LAYERS, backend_conv, make_pass
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``python -m rskcnn info`` and ``python -m rskcnn bench``: exit codes, JSON and Markdown."""
+"""``python -m rskcnn info``, ``bench`` and ``plot``: options, exit codes, JSON and Markdown
+(the library behind bench and plot is tested in test_bench.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import rskcnn
 from rskcnn.__main__ import main
 from rskcnn.backends import BACKENDS
-from rskcnn.cli.passes import DENSE, MASKED_DENSE, PASSES
+from rskcnn.bench import DENSE, MASKED_DENSE, PASSES
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -117,7 +118,7 @@ def test_bench_subset_and_tag(tmp_path, capsys):
     ([0.5, 0.2, 0.3], 2, 0.2),  # busy throughout: the least busy attempt is kept
 ])
 def test_bench_times_a_busy_configuration_again(tmp_path, monkeypatch, shares, attempt, share):
-    from rskcnn.cli import timing
+    from rskcnn.bench import timing
 
     shares = iter(shares)
     monkeypatch.setattr(timing, "others_cpu_share", lambda start, end: next(shares, 0.0))
@@ -161,6 +162,7 @@ def _bench_json(path, records):
 
 
 def test_plot_draws_a_png_per_pass(tmp_path):
+    pytest.importorskip("matplotlib", reason="plot draws with matplotlib, an optional dependency")
     records = [dict(layer="paper", granularity=g, keep_prob=p, backend=b, ratio=r, **{"pass": "step"})
                for g in ("filter", "element") for p in (0.25, 0.5) for b, r in (("dense", 1.0), ("cpu", 2 * p))]
     _bench_json(tmp_path / "r.json", records)

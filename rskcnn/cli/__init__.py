@@ -1,8 +1,8 @@
-"""The command-line tools behind ``python -m rskcnn``: ``info`` and ``bench``.
+"""The command-line tools behind ``python -m rskcnn``: argument parsing only, each module
+one subcommand that hands its parsed options to the library.
 
-One job per module: :mod:`.info` reports the build, the backends and ``auto``'s choices;
-:mod:`.layers` names the benchmarked convolutions; :mod:`.passes` builds the timed callables;
-:mod:`.sweep` decides what is timed in which order (and times busy configurations again);
-:mod:`.timing` times one callable; :mod:`.report` writes JSON and Markdown; :mod:`.bench`
-parses the options and runs it all.
+:mod:`.info` reports the build, the backends and ``auto``'s choices; :mod:`.bench` and
+:mod:`.plot` are the options of :mod:`rskcnn.bench` (the benchmark machinery, usable from
+Python); :mod:`.calibrate` turns bench results into ``auto``'s GPU table; :mod:`.train` runs
+the paper's training comparison; :mod:`.arguments` holds the argument types they share.
 """

@@ -12,14 +12,16 @@ import platform
 
 import torch
 
+from rskcnn.bench import LAYERS
+
+from .arguments import add_command, positive_pair
+
 AUTO_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def add_parser(commands) -> None:
-    from .layers import LAYERS
-
-    parser = commands.add_parser(
-        "info",
+    parser = add_command(
+        commands, "info", run,
         help="show the build, the usable backends and auto's choices",
         description="Shows the torch and extension builds, which backends are usable on each device "
         "(and why not), and which backend 'auto' picks for each granularity and dtype, "
@@ -28,19 +30,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--layer", choices=sorted(LAYERS), default="paper",
                         help="the convolution whose shape auto is asked about (default: paper)")
-    parser.add_argument("--block-size", type=_pair, default=(32, 32), metavar="BO,BI",
+    parser.add_argument("--block-size", type=positive_pair, default=(32, 32), metavar="BO,BI",
                         help="block size of the 'block' granularity (default: 32,32)")
-    parser.set_defaults(func=run)
-
-
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected two positive ints like 32,32, got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def triton_status() -> tuple[str | None, str | None]:
@@ -125,8 +116,6 @@ def auto_table(layer_name: str, block_size: tuple[int, int]) -> list[dict]:
     from rskcnn import GRANULARITIES, block_shape
     from rskcnn.backends import ConvCall, choose
 
-    from .layers import LAYERS
-
     layer = LAYERS[layer_name]
     rows = []
     for device in devices():
@@ -150,8 +139,6 @@ def auto_table(layer_name: str, block_size: tuple[int, int]) -> list[dict]:
 
 
 def collect(layer_name: str = "paper", block_size: tuple[int, int] = (32, 32)) -> dict:
-    from .layers import LAYERS
-
     layer = LAYERS[layer_name]
     return {
         **build_info(),

@@ -1,5 +1,6 @@
 """How one callable is timed: torch.utils.benchmark medians after warm-up, a malloc that
-does not page-fault every call, how busy the other processes were, and a progress bar."""
+does not page-fault every call, how busy the other processes were, and a progress bar
+(tqdm's when it is installed; it is optional)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def _import_benchmark():
 
 def measure(fn, threads: int, min_run_time: float, device: torch.device) -> dict:
     """Median and IQR of ``fn`` after one warm-up call (blocked_autorange warms up again
-    while it sizes its blocks)."""
+    while it sizes its blocks), with ``threads`` intra-op threads for at least ``min_run_time``
+    seconds: ``{"median_s", "iqr_s", "blocks", "calls_per_block"}``."""
     benchmark = _import_benchmark()
     fn()
     if device.type == "cuda":
@@ -80,15 +82,48 @@ def measure(fn, threads: int, min_run_time: float, device: torch.device) -> dict
     return {"median_s": m.median, "iqr_s": m.iqr, "blocks": len(m.times), "calls_per_block": m.number_per_run}
 
 
+class _NoBar:
+    """What :class:`Timed` uses instead of a tqdm bar when asked for none or tqdm is not
+    installed: it counts nothing and prints only the messages."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def set_description(self, description: str, refresh: bool = True) -> None:
+        pass
+
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def write(self, message: str, file=None) -> None:
+        print(message, file=file or sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, show: bool = True):
+    """A tqdm bar over ``total`` timings on stderr; without tqdm (an optional dependency) or
+    with ``show`` false, an object with the same methods that draws nothing."""
+    if not show:
+        return _NoBar(total)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar(total)
+    return tqdm(total=total, unit="timing", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+
+
 class Timed:
-    """Times what a builder returns, with a progress bar on stderr."""
+    """Times what a builder returns (with :func:`measure`), with a progress bar on stderr
+    when ``quiet`` is false and tqdm is installed."""
 
     def __init__(self, total: int, threads: int, min_run_time: float, device, quiet: bool):
-        from tqdm import tqdm
-
         self.threads, self.min_run_time, self.device = threads, min_run_time, device
-        self.progress = tqdm(total=total, unit="timing", file=sys.stderr, disable=quiet,
-                             dynamic_ncols=True, mininterval=1.0)
+        self.progress = progress_bar(total, show=not quiet)
 
     def __call__(self, label: str, build) -> dict:
         """Times the callable ``build()`` returns; building it (a graph, say) is not timed."""
@@ -99,12 +134,15 @@ class Timed:
             self.progress.update()
 
     def skip(self, count: int) -> None:
+        """Counts ``count`` timings that will not run as done."""
         self.progress.update(count)
 
     def again(self, count: int, why: str) -> None:
+        """Says ``why`` on stderr and adds ``count`` timings to the total."""
         self.progress.write(f"rskcnn bench: {why}", file=sys.stderr)
         self.progress.total += count
         self.progress.refresh()
 
     def close(self) -> None:
+        """Closes the bar."""
         self.progress.close()

@@ -1,4 +1,4 @@
-"""The convolutions ``python -m rskcnn bench`` times, each as in the network it comes from."""
+"""The convolutions the bench times, each as in the network it comes from."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Layer:
+    """One benchmarked 3x3-style convolution: its shape, stride, padding and bias, and the
+    batch of a full run and of a quick one."""
+
     name: str
     description: str
     in_channels: int
@@ -20,14 +23,17 @@ class Layer:
     bias: bool = True
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """(batch, in_channels, size, size)."""
         return (batch, self.in_channels, self.size, self.size)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
+        """(out_channels, in_channels, kernel, kernel)."""
         return (self.out_channels, self.in_channels, self.kernel, self.kernel)
 
     @property
     def out_size(self) -> int:
+        """Output height = width."""
         return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
 
     def forward_flops(self, batch: int) -> int:
@@ -36,6 +42,7 @@ class Layer:
         return 2 * macs
 
     def to_dict(self, batch: int) -> dict:
+        """The layer as the bench JSON's ``layers`` entry: its fields, the batch run and the forward FLOPs."""
         return {**asdict(self), "batch": batch, "forward_flops": self.forward_flops(batch)}
 
 
@@ -53,4 +60,4 @@ LAYERS: dict[str, Layer] = {
     )
 }
 
-QUICK_LAYERS = ("paper",)
+QUICK_LAYERS = ("paper",)  # the layers of a quick run

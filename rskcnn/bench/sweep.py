@@ -1,5 +1,6 @@
-"""What ``bench`` times, in which order: per layer and (granularity, p), dense first, then
-every (backend, pass); a configuration timed while other processes were busy is timed again."""
+"""What the bench times, in which order: per layer and (granularity, p), dense first, then
+every (backend, pass); a configuration timed while other processes were busy is timed again.
+Also the data it times on (:func:`bench_tensors`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
           "float64": torch.float64}
 
 
-def _tensors(layer, batch: int, settings: dict, device: torch.device):
-    """Input, weight, bias (or None) and the output gradient, drawn from the seed."""
-    generator = torch.Generator().manual_seed(settings["seed"])
-    dtype = DTYPES[settings["dtype"]]
-    fmt = torch.channels_last if settings["memory_format"] == "channels_last" else torch.contiguous_format
+def bench_tensors(layer, batch: int, *, seed: int = 0, dtype: str | torch.dtype = "float32",
+                  channels_last: bool = False, device: str | torch.device = "cpu"):
+    """The data the bench times ``layer`` on, drawn on the CPU from ``seed`` and then moved.
+
+    Returns ``(x, w, b, grad_output)``: the input (batch, C_in, size, size), the weight
+    (C_out, C_in, k, k) scaled by fan_in**-0.5, the bias (C_out,) or None when the layer has
+    none, and the output gradient (batch, C_out, out_size, out_size). ``dtype`` is a torch
+    dtype or a name in :data:`DTYPES`; ``channels_last`` sets the 4-d tensors' memory format.
+    The same arguments give the same tensors, so a profile can rebuild what the bench timed.
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"bench_tensors: dtype must be one of {', '.join(DTYPES)} or a torch.dtype, "
+                             f"got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"bench_tensors: batch must be an int >= 1, got {batch!r}")
+    generator = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def randn(shape, scale=1.0):
         t = (torch.randn(shape, generator=generator) * scale).to(device=device, dtype=dtype)
@@ -27,6 +42,12 @@ def _tensors(layer, batch: int, settings: dict, device: torch.device):
     b = randn((layer.out_channels,)) if layer.bias else None
     grad_output = randn((batch, layer.out_channels, layer.out_size, layer.out_size))
     return x, w, b, grad_output
+
+
+def _settings_tensors(layer, batch: int, settings: dict, device: torch.device):
+    """:func:`bench_tensors` with a run's seed, dtype and memory format."""
+    return bench_tensors(layer, batch, seed=settings["seed"], dtype=settings["dtype"],
+                         channels_last=settings["memory_format"] == "channels_last", device=device)
 
 
 def _supported(backend: str, layer, x, block) -> list[str]:
@@ -109,14 +130,18 @@ def _time_point(layer, tensors, granularity: str, keep_prob: float, settings: di
 
 
 def time_all(plan, settings: dict, device: torch.device, timed) -> list[dict]:
-    """Every (layer, granularity, p) in order. Retrying helps against a burst of other work,
+    """Times every (layer, granularity, p) of ``plan`` ([(Layer, batch)]) under a run's
+    ``settings`` (the JSON's ``settings``) with ``timed`` (a :class:`~rskcnn.bench.timing.Timed`);
+    returns one dict of ``records``, ``skipped`` and ``errors`` per configuration.
+
+    Every (layer, granularity, p) in order. Retrying helps against a burst of other work,
     not a long job: after two configurations in a row that stayed busy, a configuration is
     retried only once one is quiet again; at the end, those still busy get one more try."""
     points: dict[tuple, dict] = {}
     busy: list[tuple] = []
     busy_in_a_row = 0
     for index, (layer, batch) in enumerate(plan):
-        tensors = _tensors(layer, batch, settings, device)
+        tensors = _settings_tensors(layer, batch, settings, device)
         for granularity in settings["granularities"]:
             for keep_prob in settings["keep_probs"]:
                 retries = settings["retries"] if busy_in_a_row < 2 else 0
@@ -130,7 +155,7 @@ def time_all(plan, settings: dict, device: torch.device, timed) -> list[dict]:
         timed.again(per_config * len(busy), f"timing the {len(busy)} configurations that stayed busy once more")
         for index, granularity, keep_prob in busy:
             layer, batch = plan[index]
-            tensors = _tensors(layer, batch, settings, device)
+            tensors = _settings_tensors(layer, batch, settings, device)
             before = points[(index, granularity, keep_prob)]
             out = _time_point(layer, tensors, granularity, keep_prob, settings, timed, 0, before["attempts"])
             if out["share"] is not None and out["share"] < before["share"]:

@@ -16,6 +16,7 @@ from .passes import DENSE, PASSES, SHORT
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` knows."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -27,6 +28,7 @@ def cpu_model() -> str:
 
 
 def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, or None where the OS has none."""
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
@@ -34,6 +36,8 @@ def load_average() -> list[float] | None:
 
 
 def machine_info(device: torch.device, threads: int) -> dict:
+    """The result's ``machine``: CPU, thread count, versions, the load at the start and, on
+    CUDA, the GPU."""
     import rskcnn
 
     try:
@@ -71,10 +75,13 @@ def machine_info(device: torch.device, threads: int) -> dict:
 
 
 def now() -> str:
+    """The current UTC time in ISO format, to the second: the settings' ``date``."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def write(result: dict, out_dir: str | os.PathLike, tag: str) -> tuple[Path, Path]:
+def write_result(result: dict, out_dir: str | os.PathLike, tag: str) -> tuple[Path, Path]:
+    """Writes ``{out_dir}/{tag}.json`` and ``{out_dir}/{tag}.md`` (creating the folder) and
+    returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{tag}.json", out / f"{tag}.md"
@@ -103,6 +110,8 @@ def _row(cells) -> str:
 
 
 def markdown(result: dict) -> str:
+    """A bench result as Markdown: the header, the dense medians, the ratios to dense and
+    what was not measured."""
     passes = [p for p in PASSES if p in result["settings"]["passes"]]
     lines = _header(result) + _dense_table(result, passes) + _ratio_table(result, passes) + _notes(result)
     return "\n".join(lines) + "\n"

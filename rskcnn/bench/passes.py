@@ -13,29 +13,36 @@ SHORT = {"forward": "fwd", "grad-input": "grad-in", "grad-weight": "grad-w", "st
 DENSE = "dense"
 MASKED_DENSE = "masked-dense"
 
+# conv(x (N, C_in, H, W), w (C_out, C_in, kH, kW), b (C_out,) or None) -> (N, C_out, H_out, W_out)
 Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def dense_conv(stride: int, padding: int) -> Conv:
+    """Dense ``F.conv2d``: the baseline every ratio divides by."""
     return lambda x, w, b: F.conv2d(x, w, b, stride, padding)
 
 
 def masked_dense_conv(mask, block, stride: int, padding: int) -> Conv:
-    """The paper's way: weight * mask (the masking is part of the timed work), then dense conv."""
+    """The paper's way: weight * mask (the masking is part of the timed work), then dense conv.
+    ``mask`` has :func:`rskcnn.mask_shape` of the weight and ``block``."""
     from rskcnn.backends import reference_conv2d
 
     return lambda x, w, b: reference_conv2d(x, w, mask, b, stride, padding, block=block)
 
 
 def backend_conv(name: str, mask, block, stride: int, padding: int) -> Conv:
-    """The public op with an explicit backend, so its per-call overhead is timed too."""
+    """The public op :func:`rskcnn.rsk_conv2d` with an explicit ``backend=name``, so its per-call
+    overhead is timed too."""
     from rskcnn.functional import rsk_conv2d
 
     return lambda x, w, b: rsk_conv2d(x, w, mask, b, stride, padding, block=block, backend=name)
 
 
 def make_pass(conv: Conv, pass_name: str, x, w, b, grad_output) -> Callable[[], object]:
-    """A no-argument callable that runs ``pass_name`` of ``conv`` once.
+    """A no-argument callable that runs ``pass_name`` (one of :data:`PASSES`) of ``conv`` once.
+
+    ``x`` (N, C_in, H, W), ``w`` (C_out, C_in, kH, kW), ``b`` (C_out,) or None, ``grad_output``
+    (N, C_out, H_out, W_out), as :func:`rskcnn.bench.bench_tensors` draws them.
 
     forward: no autograd. grad-input / grad-weight: the graph is built once, outside the
     timing, and each call back-propagates ``grad_output`` to that one tensor only.
