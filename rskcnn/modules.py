@@ -30,9 +30,10 @@ class RSKConv2d(nn.Conv2d):
     fraction of mask entries kept in expectation (:meth:`keep_fraction`): ``keep_prob`` under
     the default ``law='bernoulli'`` (each entry kept independently with probability
     ``keep_prob``, the paper's), ``k / n`` under ``law='exact'``, where every mask row of ``n``
-    units (:func:`rskcnn.masks.mask_rows`: one output filter's entries, or for ``filter``
-    granularity the filters of one conv group) keeps exactly ``k = max(1, round(keep_prob * n))``
-    of them, drawn uniformly without replacement. ``keep_prob=1`` is exactly ``nn.Conv2d``.
+    units (the attribute ``mask_rows = (rows, n)``, from :func:`rskcnn.masks.mask_rows`: a row
+    is one output block-row's entries ``M[o]``, or for ``filter`` granularity the filters of one
+    conv group) keeps exactly ``k = max(1, round(keep_prob * n))`` of them, drawn uniformly
+    without replacement, fresh every step. ``keep_prob=1`` is exactly ``nn.Conv2d``.
 
     The constructor is ``nn.Conv2d``'s plus ``keep_prob``, ``granularity`` (one of
     ``element``, ``tap``, ``filter``, ``block``), ``block_size`` (``(bo, bi)`` for ``block``),
