@@ -191,7 +191,9 @@ def keep_fraction(keep_prob: float | torch.Tensor, n: int, law: str = "bernoulli
     """The expected fraction of a mask row's units that is kept: ``keep_prob`` under the
     ``bernoulli`` law, the realised ``exact_keep_count(keep_prob, n) / n`` under ``exact``
     (``n`` from :func:`mask_rows`; with ``n == 0``, ``keep_prob``). Scaling by it keeps
-    ``scale_mode`` unbiased under either law. A tensor ``keep_prob`` gives a float64 tensor (no host sync), a float a float.
+    ``scale_mode`` unbiased under either law. Under ``exact`` a tensor ``keep_prob`` gives a
+    float64 tensor of the same shape (no host sync) and a float a float; ``bernoulli`` returns
+    ``keep_prob`` itself.
     """
     check_law(law)
     if law == "bernoulli" or n == 0:  # a row of no units drops nothing: nothing to rescale
