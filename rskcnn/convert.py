@@ -36,7 +36,8 @@ def convert(model: nn.Module, keep_prob: float, which: str | Sequence[str] = "la
 
     ``which`` is ``"last"`` (the last registered ``nn.Conv2d``, where the paper puts RSK),
     ``"all"``, or a list of module names. ``options`` go to ``RSKConv2d`` (``granularity``,
-    ``scale_mode``, ...); ``mask_seed=s`` gives the i-th replaced layer ``s + i`` (mod 2**64),
+    ``scale_mode``, ``law`` = ``"bernoulli"`` or ``"exact"``, ...; an exact law's mask rows
+    follow each layer's own ``groups``); ``mask_seed=s`` gives the i-th replaced layer ``s + i`` (mod 2**64),
     so that layers of the same shape do not draw the same masks. Returns the converted model
     (a copy unless ``inplace``).
     """
@@ -75,7 +76,8 @@ def convert(model: nn.Module, keep_prob: float, which: str | Sequence[str] = "la
 @torch.no_grad()
 def revert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Replaces every ``RSKConv2d`` by a plain ``nn.Conv2d`` computing its eval output
-    (the weight scaled by ``keep_prob`` in ``'paper'`` mode), for deployment and export."""
+    (in ``'paper'`` mode the weight scaled by the layer's ``keep_fraction()``: ``keep_prob``
+    under the ``bernoulli`` law, the realised ``k / n`` under ``exact``), for deployment and export."""
     if not inplace:
         model = copy.deepcopy(model)
     names = [name for name, m in model.named_modules() if isinstance(m, RSKConv2d)]

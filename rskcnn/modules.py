@@ -8,7 +8,7 @@ from torch import nn
 
 from .backends import BACKEND_NAMES
 from .functional import rsk_conv2d
-from .masks import GRANULARITIES, block_shape, check_seed, sample_mask
+from .masks import GRANULARITIES, block_shape, check_law, check_seed, keep_fraction, mask_rows, sample_mask
 
 SCALE_MODES = ("paper", "inverted")
 
@@ -24,14 +24,21 @@ def check_keep_prob(keep_prob) -> float:
 class RSKConv2d(nn.Conv2d):
     """A randomly-sparse-kernel convolution (Feng, He, Li, CVIT 2024).
 
-    Training: every forward draws a fresh Bernoulli(``keep_prob``) block mask ``M`` and
-    computes ``conv(x, W * M) + b`` (``scale_mode='paper'``) or ``conv(x, W * M / keep_prob) + b``
-    (``'inverted'``). Eval: a dense ``conv(x, W * keep_prob) + b`` (``'paper'``) or
-    ``conv(x, W) + b`` (``'inverted'``). ``keep_prob=1`` is exactly ``nn.Conv2d``.
+    Training: every forward draws a fresh block mask ``M`` and computes ``conv(x, W * M) + b``
+    (``scale_mode='paper'``) or ``conv(x, W * M / q) + b`` (``'inverted'``). Eval: a dense
+    ``conv(x, W * q) + b`` (``'paper'``) or ``conv(x, W) + b`` (``'inverted'``). ``q`` is the
+    fraction of mask entries kept in expectation (:meth:`keep_fraction`): ``keep_prob`` under
+    the default ``law='bernoulli'`` (each entry kept independently with probability
+    ``keep_prob``, the paper's), ``k / n`` under ``law='exact'``, where every mask row of ``n``
+    units (the attribute ``mask_rows = (rows, n)``, from :func:`rskcnn.masks.mask_rows`: a row
+    is one output block-row's entries ``M[o]``, or for ``filter`` granularity the filters of one
+    conv group) keeps exactly ``k = max(1, round(keep_prob * n))`` of them, drawn uniformly
+    without replacement, fresh every step. ``keep_prob=1`` is exactly ``nn.Conv2d``.
 
     The constructor is ``nn.Conv2d``'s plus ``keep_prob``, ``granularity`` (one of
     ``element``, ``tap``, ``filter``, ``block``), ``block_size`` (``(bo, bi)`` for ``block``),
-    ``scale_mode``, ``backend`` and one of two sources of reproducible masks:
+    ``scale_mode``, ``law`` (``bernoulli`` or ``exact``), ``backend`` and one of two sources of
+    reproducible masks:
 
     * ``generator``: a ``torch.Generator`` the masks are drawn from (eager only: torch.compile
       cannot trace ``torch.rand(generator=...)``, and raises naming ``mask_seed``).
@@ -68,6 +75,7 @@ class RSKConv2d(nn.Conv2d):
         granularity: str = "element",
         block_size: tuple[int, int] = (32, 32),
         scale_mode: str = "paper",
+        law: str = "bernoulli",
         generator: torch.Generator | None = None,
         mask_seed: int | None = None,
         backend: str = "auto",
@@ -80,6 +88,7 @@ class RSKConv2d(nn.Conv2d):
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if scale_mode not in SCALE_MODES:
             raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+        check_law(law)
         if backend not in BACKEND_NAMES:
             raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -92,6 +101,9 @@ class RSKConv2d(nn.Conv2d):
         self.block_size = tuple(block_size)
         self.block = block_shape(granularity, self.weight.shape, self.block_size)
         self.scale_mode = scale_mode
+        self.law = law
+        # (rows, n) of the exact law: static, so the kept count per row is known without the mask.
+        self.mask_rows = mask_rows(self.weight.shape, self.block, groups)
         self.generator = generator
         self._mask_seed = mask_seed
         self.backend = backend
@@ -140,7 +152,7 @@ class RSKConv2d(nn.Conv2d):
             step = self.mask_step.clone()
             self.mask_step.add_(1)
             return sample_mask(self.weight.shape, self.keep_prob_tensor, self.block, seed=self._mask_seed,
-                               step=step, device=self.weight.device)
+                               step=step, device=self.weight.device, law=self.law, groups=self.groups)
         if self.generator is not None and torch.compiler.is_compiling():
             raise RuntimeError(
                 "RSKConv2d(generator=...) cannot be traced by torch.compile (Dynamo does not support "
@@ -148,14 +160,21 @@ class RSKConv2d(nn.Conv2d):
                 "torch.compile, or leave the generator out"
             )
         return sample_mask(self.weight.shape, self.keep_prob_tensor, self.block,
-                           generator=self.generator, device=self.weight.device)
+                           generator=self.generator, device=self.weight.device, law=self.law, groups=self.groups)
+
+    def keep_fraction(self) -> torch.Tensor:
+        """The expected kept fraction of the mask, as a float64 0-dim tensor on the module's
+        device: ``keep_prob`` (``bernoulli``) or the realised ``k / n`` of a row (``exact``).
+        Both scale modes scale by it, so they stay unbiased under either law; computed from
+        the buffer, so a new keep_prob neither syncs nor recompiles."""
+        return keep_fraction(self.keep_prob_tensor, self.mask_rows[1], self.law)
 
     def _scaled_weight(self, divide: bool) -> torch.Tensor:
-        """``weight * keep_prob`` (or ``/``), computed in float32 or wider and cast back, so a
-        float16 layer does not round keep_prob to float16 first."""
+        """``weight * keep_fraction()`` (or ``/``), computed in float32 or wider and cast back,
+        so a float16 layer does not round the fraction to float16 first."""
         w = self.weight
         compute = torch.promote_types(w.dtype, torch.float32)
-        p = self.keep_prob_tensor.to(compute)
+        p = self.keep_fraction().to(compute)
         scaled = w.to(compute) / p if divide else w.to(compute) * p
         return scaled.to(w.dtype)
 
@@ -183,7 +202,8 @@ class RSKConv2d(nn.Conv2d):
             padding = 0
         # The keep probability guides auto on a GPU; under torch.compile it is left out, so
         # that changing it never recompiles.
-        expected_keep = None if torch.compiler.is_compiling() else self.keep_prob
+        expected_keep = None if torch.compiler.is_compiling() else keep_fraction(
+            self._keep_prob, self.mask_rows[1], self.law)
         return rsk_conv2d(input, weight, self.sample_mask(), bias, self.stride, padding, self.dilation,
                           self.groups, block=self.block, backend=self.backend, expected_keep=expected_keep)
 
@@ -193,6 +213,8 @@ class RSKConv2d(nn.Conv2d):
             parts.append(f"block_size={self.block_size}")
         if self.scale_mode != "paper":
             parts.append(f"scale_mode={self.scale_mode!r}")
+        if self.law != "bernoulli":
+            parts.append(f"law={self.law!r}")
         if self._mask_seed is not None:
             parts.append(f"mask_seed={self._mask_seed}")
         if self.backend != "auto":
