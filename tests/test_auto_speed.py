@@ -167,6 +167,19 @@ def test_cpu_machine_class_table_wins_over_the_generic_one(monkeypatch, tmp_path
         assert choose(cpu_call("element", kept=0.5))[0].name == "reference"
 
 
+def test_calibrate_cli_writes_the_table(tmp_path, capsys):
+    paths = []
+    for dtype, tf32 in (("bfloat16", None), ("float32", True)):
+        path = tmp_path / f"{dtype}.json"
+        path.write_text(json.dumps(bench_result(synthetic_times(), dtype=dtype, tf32=tf32)))
+        paths.append(str(path))
+    out = tmp_path / "table.json"
+    assert main(["calibrate", *paths, "--out", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert table["device"] == "Test GPU" and set(table["faster_below"]) == {"bfloat16", "float32+tf32"}
+    assert "Test GPU bfloat16 cuda: fast choice up to keep" in capsys.readouterr().out
+
+
 def test_calibrate_rejects_results_of_two_machines(tmp_path, capsys):
     a = tmp_path / "a.json"
     b = tmp_path / "b.json"

@@ -6,7 +6,6 @@ CUDA graphs and torch.compile."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 import rskcnn
 from rskcnn import _extension
-from rskcnn.backends import ConvCall, calibration, choose
+from rskcnn.backends import calibration, choose
 from rskcnn.backends.reference import reference_conv2d
 
 from conftest import (ConvConfig, as_layout, check_step_without_sync_in_cuda_graph, leaf_copy, make_inputs,
@@ -60,33 +59,6 @@ def test_cuda_backend_says_why_it_cannot_run_on_the_cpu():
     reason = rskcnn.backends.unavailable_reasons("cpu")["cuda"]
     assert "cuda devices only" in reason
     assert "cuda" not in rskcnn.available_backends("cpu")
-
-
-def test_calibrate_cli_writes_the_table(tmp_path, capsys):
-    from rskcnn.__main__ import main
-
-    paths = []
-    for dtype, tf32 in (("bfloat16", None), ("float32", True)):
-        path = tmp_path / f"{dtype}.json"
-        path.write_text(json.dumps(bench_result(synthetic_times(), dtype=dtype, tf32=tf32)))
-        paths.append(str(path))
-    out = tmp_path / "table.json"
-    assert main(["calibrate", *paths, "--out", str(out)]) == 0
-    table = json.loads(out.read_text())
-    assert table["device"] == "Test GPU" and set(table["faster_below"]) == {"bfloat16", "float32+tf32"}
-    assert "Test GPU bfloat16 cuda: fast choice up to keep" in capsys.readouterr().out
-
-
-def test_calibrate_refuses_results_of_two_devices(tmp_path):
-    from rskcnn.__main__ import main
-
-    paths = []
-    for gpu in ("A", "B"):
-        path = tmp_path / f"{gpu}.json"
-        path.write_text(json.dumps(bench_result(synthetic_times(), gpu=gpu)))
-        paths.append(str(path))
-    with pytest.raises(SystemExit, match="one device"):
-        main(["calibrate", *paths, "--out", str(tmp_path / "t.json")])
 
 
 def test_expected_keep_is_validated():

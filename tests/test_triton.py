@@ -9,7 +9,6 @@ here with that reason.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
