@@ -65,6 +65,24 @@ def test_a_kernel_slower_than_dense_but_faster_than_masked_dense_is_taken():
     assert calibration.thresholds_from_bench(result)["cpu"]["block"] == 0.75
 
 
+def test_pooled_results_of_one_dtype_and_comparison_only_columns():
+    """A later bench of a new backend adds to an earlier one; dense and compact-ideal are
+    timed for comparison and never count as an option auto has."""
+    first = bench_result(synthetic_times("cpu"), device="cpu", dtype="float32")
+    later_times = {}
+    for layer in ("a", "b"):
+        for keep in (0.25, 0.5, 0.75):
+            later_times[("filter", keep, layer, "masked-dense")] = 1.0
+            later_times[("filter", keep, layer, "compact")] = 0.9 * keep + 0.1
+            later_times[("filter", keep, layer, "compact-ideal")] = 0.01  # would beat everything
+    later = bench_result(later_times, device="cpu", dtype="float32")
+    table = calibration.calibration_from_benches([first, later])["faster_below"]["float32"]
+    assert table["compact"]["filter"] == 0.75
+    assert table["cpu"]["filter"] == 0.0  # 0.4 against compact's 0.325 at keep 0.25: over 1.05x
+    assert table["cpu"]["element"] == 0.0
+    assert "compact-ideal" not in table
+
+
 def gpu_call(granularity="filter", kept=0.5, dtype=torch.bfloat16, groups=1) -> ConvCall:
     weight = (64, 32 // groups, 3, 3)
     return ConvCall(device=torch.device("cuda", 0), dtype=dtype, input_shape=(8, 32, 14, 14), weight_shape=weight,

@@ -33,6 +33,9 @@ TOLERANCE = 1.05
 TABLE_DIR = Path(__file__).with_name("calibration")
 SCHEMA = "rskcnn-calibration/1"
 FALLBACK = "masked-dense"  # the bench's name for the reference backend's work
+# What the bench times for comparison only, never an option auto has: plain dense, and dense
+# on the compacted shapes alone (the ideal of the compaction path).
+NOT_OPTIONS = ("dense", "compact-ideal")
 GENERIC_CPU_TABLE = "cpu"
 
 
@@ -75,7 +78,7 @@ def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE) -> dict[st
     for r in records:
         if r["pass"] == chosen_pass:
             times[(r["granularity"], r["keep_prob"], r["layer"], r["backend"])] = r["median_s"]
-    options = [b for b in result["settings"]["backends"] if b != "dense"]
+    options = [b for b in result["settings"]["backends"] if b not in NOT_OPTIONS]
     table: dict[str, dict[str, float]] = {}
     for granularity in sorted({key[0] for key in times}):
         keeps = sorted({key[1] for key in times if key[0] == granularity})
@@ -101,8 +104,9 @@ def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE) -> dict[st
 
 
 def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE) -> dict:
-    """A calibration table (the JSON ``auto`` reads) from bench results of one machine class,
-    one per dtype/TF32 setting."""
+    """A calibration table (the JSON ``auto`` reads) from bench results of one machine class.
+    Results of the same dtype/TF32 setting are pooled (a record measured twice keeps the later
+    result's time), so a bench of new backends can be added to an earlier full one."""
     devices = {r["settings"].get("device", "cuda") for r in results}
     if len(devices) != 1:
         raise ValueError(f"bench results must come from one device type, got {sorted(devices)}")
@@ -113,13 +117,19 @@ def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE) 
         raise ValueError(f"bench results must come from one device, got {sorted(map(str, names | classes))}")
     table = {"schema": SCHEMA, "device": names.pop(), "machine_class": classes.pop(), "tolerance": tolerance,
              "faster_below": {}}
+    # Results of one dtype (e.g. the full bench and a later one of new backends) are pooled.
+    pooled: dict[str, dict] = {}
     for result in results:
         settings = result["settings"]
         key = dtype_key(settings["dtype"], settings.get("tf32"))
-        table["faster_below"][key] = thresholds_from_bench(result, tolerance)
+        into = pooled.setdefault(key, {"settings": {"backends": []}, "records": []})
+        into["records"].extend(result["records"])
+        into["settings"]["backends"] += [b for b in settings["backends"] if b not in into["settings"]["backends"]]
         table.setdefault("sources", []).append(
             {"command": settings.get("command", ""), "date": settings.get("date"),
              "threads": settings.get("threads"), "memory_format": settings.get("memory_format")})
+    for key, result in pooled.items():
+        table["faster_below"][key] = thresholds_from_bench(result, tolerance)
     return table
 
 
