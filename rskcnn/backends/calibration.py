@@ -149,7 +149,6 @@ def _candidates(device_type: str, name: str) -> list[Path]:
     return [TABLE_DIR / f"{device_slug(name)}.json"]
 
 
-@torch.compiler.assume_constant_result
 def _load(device_type: str, index: int | None) -> tuple[str, dict | None]:
     key = (device_type, index)
     if key not in _TABLES:
@@ -166,26 +165,40 @@ def _load(device_type: str, index: int | None) -> tuple[str, dict | None]:
     return _TABLES[key]
 
 
+NO_TABLE, NOT_CALIBRATED = -2.0, -1.0
+
+
+@torch.compiler.assume_constant_result
+def _lookup(device_type: str, index: int | None, key: str, backend: str, granularity: str) -> tuple[str, str, float]:
+    """``(machine name, where the table was measured, bound)`` with a bound of ``NO_TABLE`` or
+    ``NOT_CALIBRATED`` where there is none. Plain constants, so that torch.compile runs the
+    lookup once at trace time and guards on nothing inside the table."""
+    name, table = _load(device_type, index)
+    if table is None:
+        return name, name, NO_TABLE
+    bound = table["faster_below"].get(key, {}).get(backend, {}).get(granularity)
+    return name, table.get("device", name), NOT_CALIBRATED if bound is None else float(bound)
+
+
 def speed_reasons(backend: str, call: ConvCall) -> list[str]:
     """Why ``auto`` should not take ``backend`` for ``call`` (empty: take it), from the table
     of the call's machine class."""
-    name, table = _load(call.device.type, call.device.index)
-    if table is None:
-        return [f"not calibrated on {name} (no {device_slug(name)}.json in {TABLE_DIR.name}/ or "
-                "$RSKCNN_CALIBRATION; run python -m rskcnn bench and python -m rskcnn calibrate)"]
     tf32 = call.dtype == torch.float32 and call.device.type == "cuda" and torch.backends.cudnn.allow_tf32
     key = dtype_key(call.dtype, tf32)
     granularity = granularity_key(call)
-    bound = table["faster_below"].get(key, {}).get(backend, {}).get(granularity)
-    if bound is None:
+    name, measured_on, bound = _lookup(call.device.type, call.device.index, key, backend, granularity)
+    if bound == NO_TABLE:
+        return [f"not calibrated on {name} (no {device_slug(name)}.json in {TABLE_DIR.name}/ or "
+                "$RSKCNN_CALIBRATION; run python -m rskcnn bench and python -m rskcnn calibrate)"]
+    if bound == NOT_CALIBRATED:
         return [f"{granularity} masks in {key} were not calibrated on {name}"]
     if bound <= 0.0:
-        return [f"measured on {table.get('device', name)}: {backend} was never the fast choice for {granularity} "
+        return [f"measured on {measured_on}: {backend} was never the fast choice for {granularity} "
                 f"masks in {key} (masked-dense or another backend was faster at every measured keep)"]
     if call.kept_fraction is None and bound < 1.0:
         return [f"kept fraction unknown (pass expected_keep= or a module's keep_prob), and {backend} is "
                 f"the fast choice on {name} only up to keep {bound:.2f}"]
     if call.kept_fraction is not None and call.kept_fraction > bound:
-        return [f"measured on {table.get('device', name)}: {backend} is the fast choice for {granularity} masks "
+        return [f"measured on {measured_on}: {backend} is the fast choice for {granularity} masks "
                 f"in {key} only up to keep {bound:.2f}, this one keeps {call.kept_fraction:.2f}"]
     return []
