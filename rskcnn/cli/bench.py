@@ -58,7 +58,7 @@ def add_parser(commands) -> None:
                         "device as skipped, with the reason, instead of stopping")
     parser.add_argument("--law", choices=LAWS, default="bernoulli",
                         help="the masks' law (rskcnn.sample_mask's law): bernoulli (the paper's, default) or exact "
-                        "(every row keeps exactly round(p * n) entries)")
+                        "(every row keeps exactly max(1, round(p * n)) of its n entries)")
     parser.add_argument("--timing", choices=TIMINGS, default=None,
                         help="graph (default on cuda): each pass as CUDA-graph replays between CUDA events, "
                         "interleaved with dense (kernel time), with the eager wall-clock beside it; eager (the "
