@@ -14,7 +14,7 @@ import torch
 import rskcnn
 from rskcnn.__main__ import main
 from rskcnn.backends import BACKENDS
-from rskcnn.bench import DENSE, MASKED_DENSE, PASSES
+from rskcnn.bench import COMPACT_IDEAL, DENSE, MASKED_DENSE, PASSES
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -82,11 +82,14 @@ def test_bench_quick_writes_json_and_markdown(tmp_path):
         assert record["ratio"] > 0 and math.isfinite(record["ratio"])
         assert record["iqr_s"] >= 0
         assert record["pass"] in PASSES
-    # Interpreted Triton is timed only when asked for.
+    # Interpreted Triton is timed only when asked for; compact-ideal is timed for filter masks.
     expected_backends = {DENSE, MASKED_DENSE} | (set(rskcnn.available_backends("cpu")) - {"reference", "triton"})
-    assert {r["backend"] for r in records} == expected_backends
+    assert {r["backend"] for r in records} == expected_backends | {COMPACT_IDEAL}
     for backend in expected_backends:
         assert {r["pass"] for r in records if r["backend"] == backend} == set(PASSES)
+    assert {(r["granularity"], r["pass"]) for r in records if r["backend"] == COMPACT_IDEAL} == \
+        {("filter", p) for p in PASSES}
+    assert settings["ideals"] == [COMPACT_IDEAL] and settings["timing"] == "eager" and settings["graph"] is None
     assert all(r["ratio"] == 1.0 for r in records if r["backend"] == DENSE)
     assert {r["granularity"] for r in records} == set(rskcnn.GRANULARITIES)
 
@@ -136,7 +139,8 @@ def test_bench_times_a_busy_configuration_again(tmp_path, monkeypatch, shares, a
 
 @pytest.mark.parametrize("bad", [["--keep-probs", "1.5"], ["--granularities", "row"], ["--layers", "nope"],
                                  ["--passes", "backward"], ["--threads", "0"], ["--dtype", "int8"],
-                                 ["--retries", "-1"], ["--busy-share", "2"]])
+                                 ["--retries", "-1"], ["--busy-share", "2"], ["--timing", "wall"],
+                                 ["--law", "uniform"], ["--graph-replays", "0"], ["--graph-repeats", "-2"]])
 def test_bench_rejects_bad_options(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *bad])
@@ -147,6 +151,48 @@ def test_bench_rejects_bad_options(bad, capsys):
 def test_bench_rejects_unknown_or_unusable_backend(tmp_path):
     with pytest.raises(SystemExit, match="unknown backend"):
         main(["bench", "--backends", "nope", "--out", str(tmp_path)])
+
+
+def test_bench_options_reach_the_config():
+    from rskcnn.__main__ import build_parser
+    from rskcnn.cli.bench import config_from_args
+
+    args = build_parser().parse_args(["bench", "--device", "cuda", "--law", "exact", "--graph-replays", "7",
+                                      "--graph-repeats", "5", "--backends", "dense,compact-ideal,compact",
+                                      "--skip-unavailable"])
+    config = config_from_args(args)
+    assert (config.law, config.graph_replays, config.graph_repeats, config.skip_unavailable) == ("exact", 7, 5, True)
+    assert config.timing is None and config.resolved_timing == "graph"
+    assert config.backends == ("dense", COMPACT_IDEAL, "compact")
+    eager = config_from_args(build_parser().parse_args(["bench", "--device", "cuda", "--timing", "eager"]))
+    assert eager.resolved_timing == "eager"
+    assert config_from_args(build_parser().parse_args(["bench"])).resolved_timing == "eager"
+
+
+def test_bench_graph_timing_on_the_cpu_says_it_needs_cuda(tmp_path):
+    with pytest.raises(SystemExit, match="timing.*CUDA graphs need device cuda"):
+        main(["bench", "--timing", "graph", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_bench_law_ideal_and_a_missing_backend(tmp_path, capsys):
+    """The options of the GPU suite's bench-graphs step, on the CPU and small (the suite names
+    `compact`, which may not exist in a build: a missing backend is skipped with its reason)."""
+    code = main(["bench", "--layers", "paper", "--batch", "1", "--granularities", "filter", "--keep-probs", "0.25",
+                 "--passes", "forward", "--law", "exact", "--backends", "dense,masked-dense,compact-ideal,no-such",
+                 "--skip-unavailable", "--min-run-time", "0.005", "--retries", "0", "--no-progress",
+                 "--default-malloc", "--out", str(tmp_path), "--tag", "suite"])
+    assert code == 0
+    data = json.loads((tmp_path / "suite.json").read_text())
+    settings = data["settings"]
+    assert settings["law"] == "exact" and settings["timing"] == "eager"
+    assert settings["backends"] == [DENSE, MASKED_DENSE] and settings["ideals"] == [COMPACT_IDEAL]
+    assert list(settings["unavailable"]) == ["no-such"]
+    assert {r["backend"] for r in data["records"]} == {DENSE, MASKED_DENSE, COMPACT_IDEAL}
+    assert {r["kept_fraction"] for r in data["records"] if r["backend"] != DENSE} == {0.25}  # 32 of 128 filters
+    assert [s["backend"] for s in data["skipped"]] == ["no-such"] and not data["errors"]
+    out = capsys.readouterr().out
+    assert "| compact-ideal fwd |" in out and "- no-such: skipped in 1 configurations: unknown backend" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is missing")

@@ -1,5 +1,5 @@
-"""The timed callables: one convolution (dense, masked-dense or an rskcnn backend) run as
-one pass, with autograd asked for exactly the gradients that pass computes."""
+"""The timed callables: one convolution (dense, masked-dense, compact-ideal or an rskcnn
+backend) run as one pass, with autograd asked for exactly the gradients that pass computes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ PASSES = ("forward", "grad-input", "grad-weight", "step")
 SHORT = {"forward": "fwd", "grad-input": "grad-in", "grad-weight": "grad-w", "step": "step"}
 DENSE = "dense"
 MASKED_DENSE = "masked-dense"
+# Dense F.conv2d on the kept filters of a filter mask alone: the compaction path with free
+# gathers and scatters. An ideal to compare with, never a choice of auto, so a run records
+# it apart from its backends (the settings' "ideals").
+COMPACT_IDEAL = "compact-ideal"
+IDEALS = (COMPACT_IDEAL,)
+COMPACT_IDEAL_GRANULARITY = "filter"
 
 # conv(x (N, C_in, H, W), w (C_out, C_in, kH, kW), b (C_out,) or None) -> (N, C_out, H_out, W_out)
 Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -36,6 +42,38 @@ def backend_conv(name: str, mask, block, stride: int, padding: int) -> Conv:
     from rskcnn.functional import rsk_conv2d
 
     return lambda x, w, b: rsk_conv2d(x, w, mask, b, stride, padding, block=block, backend=name)
+
+
+def kept_filters(mask: torch.Tensor) -> torch.Tensor:
+    """The indices (int64, on the mask's device) of the filters a filter mask keeps. ``mask``
+    is a bool mask of shape (C_out, 1, 1, 1), as :func:`rskcnn.sample_mask` draws it for
+    ``block_shape("filter", weight_shape)``. Reads the mask on the host (a sync on CUDA)."""
+    if mask.dim() != 4 or tuple(mask.shape[1:]) != (1, 1, 1):
+        raise ValueError(f"kept_filters: mask must be a filter mask of shape (C_out, 1, 1, 1), got {tuple(mask.shape)}")
+    return mask.reshape(-1).nonzero().reshape(-1)
+
+
+def _in_format_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` made contiguous in the memory format ``like`` has (channels_last or not)."""
+    channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def compact_ideal_tensors(mask: torch.Tensor, x, w, b, grad_output):
+    """The tensors compact-ideal times dense ``F.conv2d`` on: ``(x, w_kept, b_kept,
+    grad_output_kept)`` with only the k kept filters of the filter mask ``mask`` (C_out, 1, 1, 1).
+
+    ``x`` (N, C_in, H, W) as given; ``w_kept`` (k, C_in, kH, kW), ``b_kept`` (k,) or None and
+    ``grad_output_kept`` (N, k, H_out, W_out) are copies in the memory format of ``w`` and
+    ``grad_output``, made here so that the timed passes gather and scatter nothing. Raises
+    ValueError when the mask keeps no filter (a convolution with no output channel)."""
+    kept = kept_filters(mask)
+    if kept.numel() == 0:
+        raise ValueError("compact_ideal_tensors: the mask keeps no filter")
+    w_kept = _in_format_of(w.index_select(0, kept), w)
+    b_kept = None if b is None else b.index_select(0, kept).contiguous()
+    grad_output_kept = _in_format_of(grad_output.index_select(1, kept), grad_output)
+    return x, w_kept, b_kept, grad_output_kept
 
 
 def make_pass(conv: Conv, pass_name: str, x, w, b, grad_output) -> Callable[[], object]:

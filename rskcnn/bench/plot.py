@@ -14,12 +14,20 @@ from .passes import DENSE
 TARGETS = {"filter": (1.15, 0.0), "block": (1.3, 0.0), "tap": (1.3, 0.05), "element": (1.6, 0.1)}
 
 
+def ratio_field(data: dict) -> str:
+    """The records' ratio a plot draws: ``graph_ratio`` for a graph-timed result, else ``ratio``."""
+    return "graph_ratio" if data["settings"].get("timing") == "graph" else "ratio"
+
+
 def series(data: dict, pass_name: str) -> dict[str, dict[tuple[str, str], list[tuple[float, float]]]]:
-    """granularity -> (layer, backend) -> sorted [(keep_prob, ratio)] for one pass, dense left out."""
+    """granularity -> (layer, backend) -> sorted [(keep_prob, ratio)] for one pass, dense left out.
+    The ratio is the CUDA-graph one where the result was graph-timed (points a pass could not
+    be captured at are left out), else the eager one."""
+    field = ratio_field(data)
     out: dict = defaultdict(lambda: defaultdict(list))
     for r in data["records"]:
-        if r["pass"] == pass_name and r["backend"] != DENSE:
-            out[r["granularity"]][(r["layer"], r["backend"])].append((r["keep_prob"], r["ratio"]))
+        if r["pass"] == pass_name and r["backend"] != DENSE and r.get(field) is not None:
+            out[r["granularity"]][(r["layer"], r["backend"])].append((r["keep_prob"], r[field]))
     return {g: {k: sorted(v) for k, v in lines.items()} for g, lines in out.items()}
 
 
@@ -28,6 +36,7 @@ def plot_result(data: dict, pass_name: str, out: str | os.PathLike) -> Path:
     returns its path. Raises ValueError when ``data`` has no record of that pass, and
     ImportError (saying how to install it) when matplotlib is missing."""
     lines = series(data, pass_name)
+    field = ratio_field(data)
     if not lines:
         raise ValueError(f"no {pass_name!r} records")
     try:
@@ -60,7 +69,8 @@ def plot_result(data: dict, pass_name: str, out: str | os.PathLike) -> Path:
     axes[0][0].set_ylabel(f"{pass_name} time / dense time")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"{s['device']} {s['dtype']}, {s['memory_format']}, {s['threads']} threads"
-                 + (", TF32" if s.get("tf32") else "") + f" ({s['date'][:10]})", fontsize=10)
+                 + (", TF32" if s.get("tf32") else "") + (", CUDA-graph replays" if field == "graph_ratio" else "")
+                 + f" ({s['date'][:10]})", fontsize=10)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110, bbox_inches="tight")

@@ -109,11 +109,30 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+GRAPH_DENSE_TITLE = "Dense F.conv2d medians (ms), CUDA-graph replays (kernel time)"
+GRAPH_RATIO_TITLE = "Ratio to dense, CUDA-graph replays (kernel time)"
+EAGER_DENSE_TITLE = "Dense F.conv2d medians (ms), eager wall-clock"
+EAGER_RATIO_TITLE = "Ratio to dense, eager wall-clock (median time / dense median time)"
+
+
+def has_graph_times(result: dict) -> bool:
+    """Whether ``result`` was timed as CUDA-graph replays (its records then carry ``graph_*`` fields)."""
+    return result["settings"].get("timing") == "graph"
+
+
 def markdown(result: dict) -> str:
     """A bench result as Markdown: the header, the dense medians, the ratios to dense and
-    what was not measured."""
+    what was not measured. A graph-timed result shows the replays' tables first, then the
+    eager wall-clock ones."""
     passes = [p for p in PASSES if p in result["settings"]["passes"]]
-    lines = _header(result) + _dense_table(result, passes) + _ratio_table(result, passes) + _notes(result)
+    if has_graph_times(result):
+        tables = (_dense_table(result, passes, "graph_median_s", GRAPH_DENSE_TITLE)
+                  + _ratio_table(result, passes, "graph_ratio", GRAPH_RATIO_TITLE)
+                  + _dense_table(result, passes, "median_s", EAGER_DENSE_TITLE)
+                  + _ratio_table(result, passes, "ratio", EAGER_RATIO_TITLE))
+    else:
+        tables = _dense_table(result, passes) + _ratio_table(result, passes)
+    lines = _header(result) + tables + _notes(result)
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +163,28 @@ def _header(result: dict) -> list[str]:
         "paper's way (weight * mask, then dense conv; the masking is timed too). Passes: `fwd` forward "
         "without autograd; `grad-in` / `grad-w` backward to the input / the weight only; `step` forward "
         "plus the input, weight and bias gradients. `kept` is the fraction of weights the mask keeps.",
+        *_added_lines(settings),
     ]
+
+
+def _added_lines(settings: dict) -> list[str]:
+    """What the header says of the settings added after the first results (absent from those)."""
+    lines = []
+    if settings.get("timing") == "graph":
+        graph = settings["graph"]
+        lines += ["", f"**Timing: CUDA-graph replays (kernel time).** Each pass is captured in a CUDA graph after "
+                  f"{graph['warmups']} warm-up calls on a side stream; its time is the median, over "
+                  f"{graph['repeats']} rounds, of {graph['replays']} replays between CUDA events. In each round "
+                  "every backend's and dense's passes of the configuration are replayed in turn, so the ratios "
+                  "divide by dense timed alongside. The host's per-call work (Python, dispatch, launches) is "
+                  "left out: the eager wall-clock tables below keep it."]
+    if settings.get("law"):
+        lines += ["", f"Masks drawn with the `{settings['law']}` law (`rskcnn.sample_mask(..., law=...)`)."]
+    if settings.get("ideals"):
+        lines += ["", "`compact-ideal` is dense `F.conv2d` on the kept filters alone (output channels = the "
+                  "number of filters the mask keeps), with no gather or scatter: what the compaction path of "
+                  "`filter` masks would take if its gathers and scatters were free."]
+    return lines
 
 
 DRIFT = 1.2  # a dense median this far from the layer's usual one marks its ratios
@@ -171,10 +211,10 @@ def _busy_lines(result: dict) -> list[str]:
             f"still busy on their last attempt (marked ‡)"]
 
 
-def _dense_medians(result: dict) -> dict[tuple, float]:
-    """(layer, granularity, keep_prob, pass) -> the dense median that ratio divides by."""
-    return {(r["layer"], r["granularity"], r["keep_prob"], r["pass"]): r["median_s"]
-            for r in result["records"] if r["backend"] == DENSE}
+def _dense_medians(result: dict, field: str = "median_s") -> dict[tuple, float]:
+    """(layer, granularity, keep_prob, pass) -> the dense median (of ``field``) that a ratio divides by."""
+    return {(r["layer"], r["granularity"], r["keep_prob"], r["pass"]): r[field]
+            for r in result["records"] if r["backend"] == DENSE and r.get(field) is not None}
 
 
 def _typical_dense(dense: dict[tuple, float]) -> dict[tuple[str, str], float]:
@@ -185,10 +225,11 @@ def _typical_dense(dense: dict[tuple, float]) -> dict[tuple[str, str], float]:
     return {key: statistics.median(values) for key, values in groups.items()}
 
 
-def _dense_table(result: dict, passes: list[str]) -> list[str]:
-    dense = _dense_medians(result)
+def _dense_table(result: dict, passes: list[str], field: str = "median_s",
+                 title: str = "Dense F.conv2d medians (ms)") -> list[str]:
+    dense = _dense_medians(result, field)
     typical = _typical_dense(dense)
-    lines = ["", "## Dense F.conv2d medians (ms)", "",
+    lines = ["", f"## {title}", "",
              _row(["layer", "input", "weight", "GFLOP fwd", *(SHORT[p] for p in passes), "spread"]),
              _row(["---"] * (5 + len(passes)))]
     worst = 1.0
@@ -220,10 +261,11 @@ def _dense_table(result: dict, passes: list[str]) -> list[str]:
     return lines
 
 
-def _ratio_table(result: dict, passes: list[str]) -> list[str]:
+def _ratio_table(result: dict, passes: list[str], field: str = "ratio",
+                 title: str = "Ratio to dense (median time / dense median time)") -> list[str]:
     settings = result["settings"]
-    columns = [(b, p) for b in settings["backends"] if b != DENSE for p in passes]
-    dense = _dense_medians(result)
+    columns = [(b, p) for b in [*settings["backends"], *settings.get("ideals", [])] if b != DENSE for p in passes]
+    dense = _dense_medians(result, "graph_median_s" if field == "graph_ratio" else "median_s")
     typical = _typical_dense(dense)
     layer_order = [layer["name"] for layer in result["layers"]]
     granularity_order = settings["granularities"]
@@ -234,14 +276,14 @@ def _ratio_table(result: dict, passes: list[str]) -> list[str]:
             continue
         key = (item["layer"], item["granularity"], item["keep_prob"])
         row = rows.setdefault(key, {"kept": item["kept_fraction"]})
-        if "ratio" in item:
+        if item.get(field) is not None:
             base = dense.get((*key, item["pass"]))
             usual = typical.get((item["layer"], item["pass"]))
             drifted = base is not None and usual and not 1 / DRIFT <= base / usual <= DRIFT
             marks = (" †" if drifted else "") + (" ‡" if key in busy else "")
-            row[(item["backend"], item["pass"])] = _ratio(item["ratio"]) + marks
+            row[(item["backend"], item["pass"])] = _ratio(item[field]) + marks
     order = sorted(rows, key=lambda k: (layer_order.index(k[0]), granularity_order.index(k[1]), k[2]))
-    lines = ["", "## Ratio to dense (median time / dense median time)", "",
+    lines = ["", f"## {title}", "",
              _row(["layer", "granularity", "p", "kept", *(f"{b} {SHORT[p]}" for b, p in columns)]),
              _row(["---"] * (4 + len(columns)))]
     for key in order:
@@ -259,4 +301,11 @@ def _notes(result: dict) -> list[str]:
              for (backend, reason), count in skipped.items()]
     notes += [f"- {e['layer']} {e['granularity']} p={e['keep_prob']} {e['backend']} {e['pass']}: FAILED, {e['error']}"
               for e in result.get("errors", [])]
+    uncaptured: dict[tuple[str, str, str], int] = {}
+    for r in result["records"]:
+        if r.get("graph_error"):
+            key = (r["backend"], r["pass"], r["graph_error"])
+            uncaptured[key] = uncaptured.get(key, 0) + 1
+    notes += [f"- {backend} {SHORT[pass_name]}: no CUDA-graph time in {count} configurations (eager time only): {why}"
+              for (backend, pass_name, why), count in uncaptured.items()]
     return ["", "## Not measured", "", *notes] if notes else []

@@ -1,12 +1,13 @@
 """What the bench times, in which order: per layer and (granularity, p), dense first, then
-every (backend, pass); a configuration timed while other processes were busy is timed again.
-Also the data it times on (:func:`bench_tensors`)."""
+every (backend, pass), then in graph timing all of them again as CUDA-graph replays, in turn;
+a configuration timed while other processes were busy is timed again. Also the data it times
+on (:func:`bench_tensors`)."""
 
 from __future__ import annotations
 
 import torch
 
-from .passes import DENSE, MASKED_DENSE
+from .passes import COMPACT_IDEAL, COMPACT_IDEAL_GRANULARITY, DENSE, MASKED_DENSE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -50,10 +51,14 @@ def _settings_tensors(layer, batch: int, settings: dict, device: torch.device):
                          channels_last=settings["memory_format"] == "channels_last", device=device)
 
 
-def _supported(backend: str, layer, x, block) -> list[str]:
-    """Why ``backend`` cannot run this layer (empty if it can)."""
+def _supported(backend: str, granularity: str, layer, x, block) -> list[str]:
+    """Why ``backend`` cannot run this layer and granularity (empty if it can)."""
     if backend == MASKED_DENSE:
         return []
+    if backend == COMPACT_IDEAL:
+        if granularity == COMPACT_IDEAL_GRANULARITY:
+            return []
+        return [f"{COMPACT_IDEAL} is the ideal of the compaction path, which only filter masks have"]
     from rskcnn.backends import ConvCall, get_backend
 
     call = ConvCall(device=x.device, dtype=x.dtype, input_shape=tuple(x.shape),
@@ -62,40 +67,83 @@ def _supported(backend: str, layer, x, block) -> list[str]:
     return get_backend(backend).not_supported_reasons(call)
 
 
-def _time_config(layer, where: dict, mask, block, tensors, settings: dict, timed) -> dict:
-    """Dense, then each (backend, pass), for one (layer, granularity, p). Returns its records,
-    skips and errors; dense is timed here, seconds before what is divided by it."""
-    from .passes import backend_conv, dense_conv, make_pass, masked_dense_conv
+def _conv_and_tensors(backend: str, layer, mask, block, tensors):
+    """The convolution ``backend`` times and the tensors it runs on: the bench's own, except
+    for compact-ideal (dense conv on the kept filters' weight, bias and output gradient)."""
+    from .passes import backend_conv, compact_ideal_tensors, dense_conv, masked_dense_conv
 
-    x, w, b, grad_output = tensors
+    if backend == DENSE:
+        return dense_conv(layer.stride, layer.padding), tensors
+    if backend == COMPACT_IDEAL:
+        return dense_conv(layer.stride, layer.padding), compact_ideal_tensors(mask, *tensors)
+    if backend == MASKED_DENSE:
+        return masked_dense_conv(mask, block, layer.stride, layer.padding), tensors
+    return backend_conv(backend, mask, block, layer.stride, layer.padding), tensors
+
+
+def _builder(conv, pass_name: str, tensors):
+    """A function that builds the callable of one pass (what is timed), e.g. for :func:`capture`."""
+    from .passes import make_pass
+
+    return lambda: make_pass(conv, pass_name, *tensors)
+
+
+def _add_graph_times(records: list[dict], builds: dict, graph: dict) -> None:
+    """Times ``builds`` ({(backend, pass): build}) as CUDA-graph replays, interleaved, and adds
+    ``graph_median_s``, ``graph_iqr_s``, ``graph_ratio`` (to dense's replays of the same pass)
+    and ``graph_error`` to the matching records."""
+    from .graphs import graph_times
+
+    times = graph_times(builds, graph["replays"], graph["repeats"], graph["warmups"])
+    for record in records:
+        timing = times.get((record["backend"], record["pass"]), {"graph_error": "not captured"})
+        dense = times.get((DENSE, record["pass"]), {}).get("graph_median_s")
+        median = timing.get("graph_median_s")
+        record.update(graph_median_s=median, graph_iqr_s=timing.get("graph_iqr_s"),
+                      graph_ratio=median / dense if median is not None and dense else None,
+                      graph_error=timing.get("graph_error"))
+
+
+def _time_config(layer, where: dict, mask, block, tensors, settings: dict, timed) -> dict:
+    """Dense, then each (backend, pass), for one (layer, granularity, p); in graph timing then
+    all of them as CUDA-graph replays, interleaved. Returns its records, skips and errors;
+    dense is timed here, seconds before what is divided by it."""
     out = {"records": [], "skipped": [], "errors": []}
+    builds = {}  # (backend, pass) -> build, for the graph timing
+    conv, _ = _conv_and_tensors(DENSE, layer, mask, block, tensors)
     dense = {}
     for pass_name in settings["passes"]:
-        conv = dense_conv(layer.stride, layer.padding)
-        dense[pass_name] = timed(f"{layer.name} dense {pass_name}",
-                                 lambda: make_pass(conv, pass_name, x, w, b, grad_output))
+        builds[(DENSE, pass_name)] = _builder(conv, pass_name, tensors)
+        dense[pass_name] = timed(f"{layer.name} dense {pass_name}", builds[(DENSE, pass_name)])
         out["records"].append({**where, "block": None, "kept_fraction": 1.0, "backend": DENSE,
                                "pass": pass_name, **dense[pass_name], "ratio": 1.0})
-    for backend in settings["backends"][1:]:
-        reasons = _supported(backend, layer, x, block)
+    for backend, why in settings.get("unavailable", {}).items():
+        out["skipped"].append({**where, "backend": backend, "reason": why})
+    for backend in settings["backends"][1:] + settings.get("ideals", []):
+        reasons = _supported(backend, where["granularity"], layer, tensors[0], block)
+        if not reasons:
+            try:
+                conv, backend_tensors = _conv_and_tensors(backend, layer, mask, block, tensors)
+            except ValueError as error:  # compact-ideal of a mask that keeps no filter
+                reasons = [str(error)]
         if reasons:
             out["skipped"].append({**where, "backend": backend, "reason": "; ".join(reasons)})
             timed.skip(len(settings["passes"]))
             continue
-        if backend == MASKED_DENSE:
-            conv = masked_dense_conv(mask, block, layer.stride, layer.padding)
-        else:
-            conv = backend_conv(backend, mask, block, layer.stride, layer.padding)
         for pass_name in settings["passes"]:
             label = f"{layer.name} {where['granularity']} p={where['keep_prob']} {backend} {pass_name}"
+            build = _builder(conv, pass_name, backend_tensors)
             try:
-                timing = timed(label, lambda: make_pass(conv, pass_name, x, w, b, grad_output))
+                timing = timed(label, build)
             except Exception as error:  # record it, finish the table, exit non-zero
                 out["errors"].append({**where, "backend": backend, "pass": pass_name,
                                       "error": f"{type(error).__name__}: {error}"})
                 continue
+            builds[(backend, pass_name)] = build
             out["records"].append({**where, "backend": backend, "pass": pass_name, **timing,
                                    "ratio": timing["median_s"] / dense[pass_name]["median_s"]})
+    if settings.get("timing") == "graph":
+        _add_graph_times(out["records"], builds, settings["graph"])
     return out
 
 
@@ -110,11 +158,12 @@ def _time_point(layer, tensors, granularity: str, keep_prob: float, settings: di
     device = tensors[0].device
     block = block_shape(granularity, layer.weight_shape, tuple(settings["block_size"]))
     generator = torch.Generator().manual_seed(settings["seed"])
-    mask = sample_mask(layer.weight_shape, keep_prob, block, generator=generator, device=device)
+    mask = sample_mask(layer.weight_shape, keep_prob, block, generator=generator, device=device,
+                       law=settings.get("law", "bernoulli"))
     kept = expand_mask(mask, block, layer.weight_shape).float().mean().item()
     where = {"layer": layer.name, "granularity": granularity, "block": list(block),
              "keep_prob": keep_prob, "kept_fraction": round(kept, 4)}
-    per_config = len(settings["passes"]) * len(settings["backends"])
+    per_config = len(settings["passes"]) * (len(settings["backends"]) + len(settings.get("ideals", [])))
     for attempt in range(attempts_before + 1, attempts_before + retries + 2):
         counters = cpu_counters()
         out = _time_config(layer, where, mask, block, tensors, settings, timed)
@@ -151,7 +200,7 @@ def time_all(plan, settings: dict, device: torch.device, timed) -> list[dict]:
                 if out["busy"]:
                     busy.append((index, granularity, keep_prob))
     if busy and settings["retries"]:
-        per_config = len(settings["passes"]) * len(settings["backends"])
+        per_config = len(settings["passes"]) * (len(settings["backends"]) + len(settings.get("ideals", [])))
         timed.again(per_config * len(busy), f"timing the {len(busy)} configurations that stayed busy once more")
         for index, granularity, keep_prob in busy:
             layer, batch = plan[index]

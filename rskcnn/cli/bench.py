@@ -7,14 +7,15 @@ import argparse
 import shlex
 import sys
 
-from rskcnn.bench import (DTYPES, FULL, LAYERS, MASKED_DENSE, PASSES, QUICK, QUICK_LAYERS, BenchConfig,
-                          BenchConfigError, default_tag, markdown, run_bench, write_result)
+from rskcnn.bench import (COMPACT_IDEAL, DTYPES, FULL, LAYERS, MASKED_DENSE, PASSES, QUICK, QUICK_LAYERS, TIMINGS,
+                          BenchConfig, BenchConfigError, default_tag, markdown, run_bench, write_result)
+from rskcnn.bench.graphs import REPEATS, REPLAYS
 
 from .arguments import add_command, comma_separated, keep_probs, names, non_negative_int, positive, positive_pair, share
 
 
 def add_parser(commands) -> None:
-    from rskcnn import GRANULARITIES
+    from rskcnn import GRANULARITIES, LAWS
 
     parser = add_command(
         commands, "bench", run,
@@ -48,9 +49,24 @@ def add_parser(commands) -> None:
     parser.add_argument("--passes", type=names(PASSES), default=PASSES,
                         help=f"comma-separated subset of {', '.join(PASSES)} (default: all)")
     parser.add_argument("--backends", type=comma_separated, default=None,
-                        help=f"comma-separated list of {MASKED_DENSE} and rskcnn backend names "
-                        f"(default: {MASKED_DENSE} and every available backend but reference); "
-                        f"dense is always measured")
+                        help=f"comma-separated list of {MASKED_DENSE}, {COMPACT_IDEAL} (dense conv on the kept "
+                        f"filters alone: the compaction path without gathers or scatters; filter masks only) "
+                        f"and rskcnn backend names (default: {MASKED_DENSE} and every available backend but "
+                        f"reference, plus {COMPACT_IDEAL} on the CPU for filter masks); dense is always measured")
+    parser.add_argument("--skip-unavailable", action="store_true",
+                        help="record a backend named in --backends that this build lacks or cannot use on the "
+                        "device as skipped, with the reason, instead of stopping")
+    parser.add_argument("--law", choices=LAWS, default="bernoulli",
+                        help="the masks' law (rskcnn.sample_mask's law): bernoulli (the paper's, default) or exact "
+                        "(every row keeps exactly max(1, round(p * n)) of its n entries)")
+    parser.add_argument("--timing", choices=TIMINGS, default=None,
+                        help="graph (default on cuda): each pass as CUDA-graph replays between CUDA events, "
+                        "interleaved with dense (kernel time), with the eager wall-clock beside it; eager (the "
+                        "only timing on cpu): the wall-clock alone")
+    parser.add_argument("--graph-replays", type=positive(int), default=REPLAYS,
+                        help=f"replays between one pair of CUDA events in graph timing (default: {REPLAYS})")
+    parser.add_argument("--graph-repeats", type=positive(int), default=REPEATS,
+                        help=f"rounds of graph timing; a pass's time is the median over them (default: {REPEATS})")
     parser.add_argument("--min-run-time", type=positive(float), default=None,
                         help=f"seconds per timing (default: {FULL['min_run_time']}; --quick: {QUICK['min_run_time']})")
     parser.add_argument("--retries", type=non_negative_int, default=None,
@@ -80,13 +96,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         block_size=tuple(args.block_size), keep_probs=args.keep_probs, passes=tuple(args.passes),
         backends=args.backends, min_run_time=args.min_run_time, retries=args.retries,
         busy_share=args.busy_share, seed=args.seed, quick=args.quick, default_malloc=args.default_malloc,
-        progress=not args.no_progress,
+        progress=not args.no_progress, timing=args.timing, graph_replays=args.graph_replays,
+        graph_repeats=args.graph_repeats, law=args.law, skip_unavailable=args.skip_unavailable,
         command="python -m rskcnn " + shlex.join(getattr(args, "argv", None) or ["bench"]),
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:  # options that contradict each other, e.g. --timing graph on cpu
+        raise SystemExit(f"rskcnn bench: {error}") from None
     try:
         result = run_bench(config)
     except BenchConfigError as error:
