@@ -62,8 +62,8 @@ class CompactBackend(Backend):
         if call.device.type != "cpu":
             return [f"kept count unknown without a device sync; {hint}"]
         if call.groups > 1:
-            return [f"groups = {call.groups} > 1 needs the same kept count in every group, which a Bernoulli mask "
-                    f"does not have; {hint}"]
+            return [f"groups = {call.groups} > 1 needs the same kept count in every group, which only "
+                    f"kept_per_row= guarantees (a Bernoulli mask's groups keep different counts); {hint}"]
         if torch.compiler.is_compiling():
             return [f"the kept count is a data-dependent shape while torch.compile traces; {hint}"]
         return []

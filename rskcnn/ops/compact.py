@@ -97,11 +97,11 @@ def filter_compact_conv2d(input, weight, kept_filters, bias, stride, padding, di
         kept_out = F.conv2d(input, small_weight, small_bias, stride, padding, dilation, groups)
     # One pass over the output: the bias (or zeros) in the input's memory format, then the kept
     # channels copied over. kept_out's dtype, not the bias's: under autocast conv2d runs lower.
-    fmt = output_memory_format(input)
+    out = torch.empty(shape, dtype=kept_out.dtype, device=kept_out.device, memory_format=output_memory_format(input))
     if bias is None:
-        out = torch.empty(shape, dtype=kept_out.dtype, device=kept_out.device, memory_format=fmt).zero_()
+        out.zero_()
     else:
-        out = bias.to(kept_out.dtype).view(1, -1, 1, 1).expand(shape).contiguous(memory_format=fmt)
+        out.copy_(bias.view(1, -1, 1, 1))  # broadcast; copy_ casts, and autograd routes the gradient to bias
     return out.index_copy_(1, kept_filters, kept_out)
 
 
