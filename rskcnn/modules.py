@@ -53,6 +53,11 @@ class RSKConv2d(nn.Conv2d):
     Without either, masks come from torch's global RNG, so each DDP rank draws its own masks
     as long as the ranks' RNGs are seeded differently.
 
+    Under ``law='exact'`` the layer passes the static kept count ``k`` to
+    :func:`rskcnn.rsk_conv2d` as ``kept_per_row`` (in eager mode always; under torch.compile
+    only to a named backend that uses it, such as ``compact``, which then recompiles when a new
+    ``keep_prob`` changes ``k``).
+
     The state_dict is exactly ``nn.Conv2d``'s (plus ``mask_step`` with ``mask_seed``; a
     plain ``nn.Conv2d`` state_dict still loads strictly).
     Input ``(N, Cin, H, W)`` or ``(Cin, H, W)``, output ``(N, Cout, OH, OW)`` or ``(Cout, OH, OW)``.
