@@ -9,7 +9,7 @@ import torch
 
 from . import backends
 from .geometry import conv_out_extent
-from .masks import check_block, mask_shape
+from .masks import check_block, mask_rows, mask_shape
 from .ops.autocast import unify_floating_dtypes
 
 
@@ -83,6 +83,23 @@ def _kept_fraction(mask: torch.Tensor, expected_keep: float | None) -> float | N
     return int(mask.sum()) / mask.numel()
 
 
+def _check_kept_per_row(kept_per_row, mask: torch.Tensor, weight_shape, block, groups: int) -> None:
+    """``kept_per_row`` must be None or an int in [0, n] for the ``(rows, n)`` of
+    :func:`rskcnn.masks.mask_rows`; where reading the mask is free (a CPU mask, outside
+    tracing) every row must keep exactly that many units."""
+    if kept_per_row is None:
+        return
+    rows, n = mask_rows(weight_shape, block, groups)
+    if isinstance(kept_per_row, bool) or not isinstance(kept_per_row, int) or not 0 <= kept_per_row <= n:
+        raise ValueError(f"kept_per_row must be None or an int in [0, {n}] (units per mask row), got {kept_per_row!r}")
+    if mask.device.type != "cpu" or torch.compiler.is_compiling() or rows == 0:
+        return
+    kept = mask.reshape(rows, n).sum(1)
+    if bool((kept != kept_per_row).any()):
+        raise ValueError(f"kept_per_row = {kept_per_row}, but the mask's {rows} rows of {n} units keep "
+                         f"{kept.tolist()} (rows as rskcnn.mask_rows defines them)")
+
+
 def rsk_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -97,6 +114,7 @@ def rsk_conv2d(
     scale: float = 1.0,
     backend: str = "auto",
     expected_keep: float | None = None,
+    kept_per_row: int | None = None,
 ) -> torch.Tensor:
     """``F.conv2d(input, weight * expand_mask(mask, block) * scale, bias, stride, padding, dilation, groups)``,
     computed without touching the weights the mask drops.
@@ -107,6 +125,14 @@ def rsk_conv2d(
     name from :func:`rskcnn.available_backends`. Gradients of masked weights are exactly 0.
     ``expected_keep`` (the keep probability the mask was drawn with) lets ``auto`` choose
     on a GPU, where reading the mask's kept fraction would sync; it never changes the result.
+
+    ``kept_per_row`` says that every row of the mask (``(rows, n) = rskcnn.mask_rows(weight.shape,
+    block, groups)``: a filter's entries, or for ``filter`` masks the filters of one conv group)
+    keeps exactly that many units, as masks of ``law='exact'`` do (``RSKConv2d(law='exact')``
+    passes it). It never changes the result either; it lets a backend build its index lists
+    with a static shape and no device sync (``compact`` needs it on CUDA, with groups > 1, and
+    under ``torch.compile``). An int in ``[0, n]``; on the CPU outside tracing the mask is
+    checked against it, elsewhere it must be true.
     """
     block = check_block(block)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
@@ -131,6 +157,7 @@ def rsk_conv2d(
         # weight is float32. Unified to the wider dtype; the op's autocast rule does the rest.
         input, weight, bias = unify_floating_dtypes(input, weight, bias)
     _check_tensors(input, weight, mask, bias, groups, block)
+    _check_kept_per_row(kept_per_row, mask, weight.shape, block, groups)
 
     pads = (0, 0) if padding == "valid" else padding if padding != "same" else None
     if pads is not None:
@@ -154,7 +181,8 @@ def rsk_conv2d(
         dilation=dilation,
         groups=groups,
         kept_fraction=_kept_fraction(mask, expected_keep) if backend == "auto" else None,
+        kept_per_row=kept_per_row,
     )
     chosen = backends.resolve(backend, call)
-    output = chosen.conv2d(input, weight, mask, bias, stride, padding, dilation, groups, block, scale)
+    output = chosen.run(call, input, weight, mask, bias, stride, padding, dilation, groups, block, scale)
     return output.squeeze(0) if unbatched else output

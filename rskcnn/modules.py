@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import BACKEND_NAMES
+from .backends import BACKEND_NAMES, get_backend
 from .functional import rsk_conv2d
-from .masks import GRANULARITIES, block_shape, check_law, check_seed, keep_fraction, mask_rows, sample_mask
+from .masks import (GRANULARITIES, block_shape, check_law, check_seed, exact_keep_count, keep_fraction, mask_rows,
+                    sample_mask)
 
 SCALE_MODES = ("paper", "inverted")
 
@@ -51,6 +52,11 @@ class RSKConv2d(nn.Conv2d):
 
     Without either, masks come from torch's global RNG, so each DDP rank draws its own masks
     as long as the ranks' RNGs are seeded differently.
+
+    Under ``law='exact'`` the layer passes the static kept count ``k`` to
+    :func:`rskcnn.rsk_conv2d` as ``kept_per_row`` (in eager mode always; under torch.compile
+    only to a named backend that uses it, such as ``compact``, which then recompiles when a new
+    ``keep_prob`` changes ``k``).
 
     The state_dict is exactly ``nn.Conv2d``'s (plus ``mask_step`` with ``mask_seed``; a
     plain ``nn.Conv2d`` state_dict still loads strictly).
@@ -129,6 +135,8 @@ class RSKConv2d(nn.Conv2d):
     def keep_prob(self, value: float) -> None:
         self._keep_prob = check_keep_prob(value)
         self.keep_prob_tensor.fill_(self._keep_prob)
+        # A plain int (what torch.compile guards on, when it is passed to a backend at all).
+        self._exact_keep_count = exact_keep_count(self._keep_prob, self.mask_rows[1])
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -161,6 +169,19 @@ class RSKConv2d(nn.Conv2d):
             )
         return sample_mask(self.weight.shape, self.keep_prob_tensor, self.block,
                            generator=self.generator, device=self.weight.device, law=self.law, groups=self.groups)
+
+    def _kept_per_row(self) -> int | None:
+        """Under ``law='exact'``, the units every mask row keeps, k, for ``rsk_conv2d``'s
+        ``kept_per_row`` (a backend may then build static-shape index lists without a sync).
+        Eager: always. Under torch.compile, k becomes a constant of the graph, so a keep_prob
+        change that changes k recompiles; it is then passed only to a backend the layer names
+        that uses it (``compact``), so auto and the other backends never recompile on a schedule."""
+        if self.law != "exact":
+            return None
+        if torch.compiler.is_compiling() and (self.backend == "auto"
+                                              or not get_backend(self.backend).uses_kept_per_row):
+            return None
+        return self._exact_keep_count
 
     def keep_fraction(self) -> torch.Tensor:
         """The expected kept fraction of the mask, as a float64 0-dim tensor on the module's
@@ -205,7 +226,8 @@ class RSKConv2d(nn.Conv2d):
         expected_keep = None if torch.compiler.is_compiling() else keep_fraction(
             self._keep_prob, self.mask_rows[1], self.law)
         return rsk_conv2d(input, weight, self.sample_mask(), bias, self.stride, padding, self.dilation,
-                          self.groups, block=self.block, backend=self.backend, expected_keep=expected_keep)
+                          self.groups, block=self.block, backend=self.backend, expected_keep=expected_keep,
+                          kept_per_row=self._kept_per_row())
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr(), f"keep_prob={self.keep_prob}", f"granularity={self.granularity!r}"]

@@ -6,7 +6,9 @@
 * ``BACKENDS`` / the ``backend`` fixture: the backends to test on the CPU. Every backend
   that is registered is listed; one that cannot run here is skipped with its reason
   (``rskcnn.backends.unavailable_reasons``), so a missing extension never passes silently.
-  Where a backend cannot take a test's ``dtype`` the test is skipped with the backend's reason.
+  Where a backend cannot take a test's ``dtype`` the test is skipped with the backend's reason,
+  and so is a test whose call the backend declares it does not serve (``compact`` serves only
+  ``filter`` masks): ``rskcnn.backends.resolve`` refuses it with the backend's reasons.
 * Without CUDA, Triton's interpreter is switched on (before anything imports Triton), so the
   ``triton`` backend runs its kernels on the CPU here, as CI does.
 """
@@ -71,11 +73,15 @@ def backend(request) -> str:
 
 
 def dtype_reasons(backend: str, dtype: torch.dtype) -> list[str]:
-    """Why ``backend`` cannot run a CPU convolution in ``dtype`` (empty when it can)."""
+    """Why ``backend`` cannot run a CPU convolution in ``dtype`` (empty when it can), asked of a
+    small ungrouped call with a mask granularity the backend serves."""
     if backend == "auto":
         return []
-    call = rsk_backends.ConvCall(device=CPU, dtype=dtype, input_shape=(1, 1, 3, 3), weight_shape=(1, 1, 1, 1),
-                                 block=(1, 1, 1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    served = rsk_backends.get_backend(backend).granularities[0]
+    weight_shape = (2, 2, 3, 3)
+    call = rsk_backends.ConvCall(device=CPU, dtype=dtype, input_shape=(1, 2, 5, 5), weight_shape=weight_shape,
+                                 block=rskcnn.block_shape(served, weight_shape, (2, 2)), stride=(1, 1),
+                                 padding=(0, 0), dilation=(1, 1), groups=1)
     return rsk_backends.get_backend(backend).not_supported_reasons(call)
 
 
@@ -93,6 +99,36 @@ def _skip_unsupported_dtype(request):
         reasons = dtype_reasons(params["backend"], params["dtype"])
         if reasons:
             pytest.skip(f"{params['backend']} does not take {params['dtype']}: {'; '.join(reasons)}")
+
+
+def declared_refusal(error: BaseException, backend: str) -> str | None:
+    """The reasons of ``rskcnn.backends.resolve`` refusing ``backend`` by its declarations, if
+    that is what ``error`` (or an exception it was raised from, e.g. inside torch.compile) is."""
+    prefix = f"rskcnn: backend {backend!r} cannot run this call: "
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if isinstance(error, RuntimeError) and prefix in text:
+            return text[text.index(prefix) + len(prefix):].splitlines()[0]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test parametrised by ``backend`` whose call that backend declares it does not serve
+    (a granularity it leaves to others, a grouped Bernoulli mask, ...) is skipped with the
+    backend's own reasons, as an unsupported ``dtype`` is above. Only ``resolve``'s refusal of
+    the test's own backend counts; every other error fails the test."""
+    try:
+        return (yield)
+    except Exception as error:
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        reasons = declared_refusal(error, backend) if isinstance(backend, str) and backend != "auto" else None
+        if reasons is None:
+            raise
+        pytest.skip(f"{backend} does not serve this call: {reasons}")
 
 
 # --------------------------------------------------------------------------- RNG

@@ -15,6 +15,7 @@ import torch
 
 from .base import Backend
 from .call import ConvCall
+from .compact import CompactBackend
 from .cpu import CpuBackend
 from .cuda import CudaBackend
 from .reference import ReferenceBackend, reference_conv2d
@@ -23,7 +24,7 @@ from .triton import TritonBackend
 logger = logging.getLogger("rskcnn")
 
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (ReferenceBackend(), CpuBackend(), CudaBackend(), TritonBackend())
+    b.name: b for b in (ReferenceBackend(), CpuBackend(), CudaBackend(), TritonBackend(), CompactBackend())
 }
 
 

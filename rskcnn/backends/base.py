@@ -76,6 +76,9 @@ class Backend:
     fallback: bool = False
     #: the forward op (``torch.ops.rskcnn.<op>``) that :meth:`conv2d` calls
     op: str = ""
+    #: whether :meth:`run` uses ``call.kept_per_row`` (a static kept count per mask row); under
+    #: torch.compile ``RSKConv2d`` passes that count only to a backend it names that uses it
+    uses_kept_per_row: bool = False
 
     # ----------------------------------------------------------------- declarations -> reasons
 
@@ -124,6 +127,12 @@ class Backend:
         return speed_reasons(self.name, call)
 
     # ----------------------------------------------------------------- the computation
+
+    def run(self, call: ConvCall, input, weight, mask, bias, stride, padding, dilation, groups, block, scale):
+        """The masked convolution ``call`` describes, as :func:`rskcnn.rsk_conv2d` runs it: :meth:`conv2d`.
+        A backend that needs static facts of the call that the tensors do not carry
+        (``call.kept_per_row``) overrides this."""
+        return self.conv2d(input, weight, mask, bias, stride, padding, dilation, groups, block, scale)
 
     def conv2d(self, input, weight, mask, bias, stride, padding, dilation, groups, block, scale):
         """The masked convolution; ``padding`` is a pair of ints or 'same'/'valid'. By default,

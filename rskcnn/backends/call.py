@@ -27,6 +27,10 @@ class ConvCall:
     # Fraction of mask entries kept, where reading it costs no device sync (CPU, eager) or the
     # caller said it (expected_keep); None otherwise. Only auto's speed rules look at it.
     kept_fraction: float | None = None
+    # The exact number of units every mask row keeps (rows of rskcnn.masks.mask_rows), where the
+    # caller knows it statically (rsk_conv2d's kept_per_row; RSKConv2d with law='exact'); None
+    # otherwise. Lets a backend build a static-shape index list without reading the mask.
+    kept_per_row: int | None = None
 
     @property
     def granularity(self) -> str:

@@ -39,6 +39,16 @@ GRAD_WEIGHT = f"(Tensor grad_output, Tensor input, Tensor mask, int[4] weight_si
 PLAN_TILES = ("(Tensor mask, int[4] weight_size, int groups, int[4] block, int[4] tile_shape, bool reorder) -> "
               "(Tensor, Tensor, Tensor, Tensor, Tensor)")
 
+# The compact op (rskcnn/ops/compact.py, the ``compact`` backend): a ``filter`` mask's kept
+# filters as one dense convolution,
+#   y = F.conv2d(input, weight * expand(mask) * scale, bias, ...)  with mask[o] = o in kept_filters,
+# where kept_filters is int64 (groups * k,): k sorted global output-channel indices per conv
+# group, group-major, each inside its group. Dropped channels get the bias (0 without one).
+# A CompositeImplicitAutograd op: autograd differentiates its ATen body (double backward too).
+FILTER_COMPACT_OP = "filter_compact_conv2d"
+FILTER_COMPACT = ("(Tensor input, Tensor weight, Tensor kept_filters, Tensor? bias, int[2] stride, int[2] padding, "
+                  "int[2] dilation, int groups, float scale) -> Tensor")
+
 
 @dataclass(frozen=True)
 class OpTrio:
