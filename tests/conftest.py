@@ -131,6 +131,15 @@ def pytest_runtest_call(item):
         pytest.skip(f"{backend} does not serve this call: {reasons}")
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compile's caches reset before and after the test, so that it counts its own
+    compilations and leaves none behind."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 # --------------------------------------------------------------------------- RNG
 
 

@@ -508,13 +508,6 @@ def test_exact_module_runs_compact_with_its_static_count():
     assert rskcnn.RSKConv2d(6, 9, 3, groups=3, granularity="filter")._kept_per_row() is None  # Bernoulli
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_exact_layer_fullgraph_matches_eager():
     """fullgraph train steps equal their eager twin (same seeded masks); a keep_prob with the

@@ -311,13 +311,6 @@ def test_convert_passes_the_law_and_revert_folds_the_realised_fraction():
 # --------------------------------------------------------------------------- torch.compile
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_exact_layer_never_recompiles_on_keep_prob():
     """fullgraph train mode with mask_seed: each step equals its eager twin (same seeded

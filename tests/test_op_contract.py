@@ -36,12 +36,17 @@ def trio_reasons(trio: schemas.OpTrio) -> str | None:
 TRIOS = [pytest.param(schemas.CPP_OPS, id="cpp"), pytest.param(schemas.TRITON_OPS, id="triton")]
 
 
-@pytest.mark.parametrize("trio", TRIOS)
-@pytest.mark.parametrize("which", schemas.PASSES)
-def test_registered_schema_is_the_contract(trio, which):
-    reason = trio_reasons(trio)
+@pytest.fixture(params=TRIOS)
+def trio(request) -> schemas.OpTrio:
+    """Each trio whose ops can run here (skipped with the backend's reason otherwise)."""
+    reason = trio_reasons(request.param)
     if reason is not None:
         pytest.skip(reason)
+    return request.param
+
+
+@pytest.mark.parametrize("which", schemas.PASSES)
+def test_registered_schema_is_the_contract(trio, which):
     assert registered_schema(trio, which) == parsed(trio.schemas()[which])
 
 
@@ -67,12 +72,8 @@ def trio_args(which: str, device="cpu", requires_grad=False):
 EXPECTED_SHAPES = {"forward": (2, 6, 5, 5), "grad_input": (2, 4, 5, 5), "grad_weight": (6, 4, 3, 3)}
 
 
-@pytest.mark.parametrize("trio", TRIOS)
 @pytest.mark.parametrize("which", schemas.PASSES)
 def test_every_op_has_a_fake_kernel_and_autograd(trio, which):
-    reason = trio_reasons(trio)
-    if reason is not None:
-        pytest.skip(reason)
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
@@ -82,11 +83,7 @@ def test_every_op_has_a_fake_kernel_and_autograd(trio, which):
     assert out.grad_fn is not None
 
 
-@pytest.mark.parametrize("trio", TRIOS)
 def test_the_forward_follows_autocast(trio):
-    reason = trio_reasons(trio)
-    if reason is not None:
-        pytest.skip(reason)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = trio.op("forward")(*trio_args("forward"))
     assert out.dtype == torch.bfloat16
