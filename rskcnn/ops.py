@@ -18,7 +18,7 @@ register_autograd(CPP_OPS)
 
 @torch.library.register_fake("rskcnn::plan_tiles")
 def _plan_tiles_fake(mask, weight_size, groups, block, tile_shape, reorder):
-    """Shapes of the tile plans (csrc/tile_plan.h); the op has no gradient."""
+    """Shapes of the tile plans (csrc/tile_steps.h); the op has no gradient."""
     cout, cin_g, kh, kw = weight_size
     out_tile, in_chunk, in_tile, out_chunk = tile_shape
     torch._check(groups > 0 and cout % groups == 0, lambda: f"groups = {groups} must divide Cout = {cout}")

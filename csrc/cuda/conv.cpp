@@ -9,8 +9,8 @@
 #include <optional>
 
 #include "../conv_args.h"
-#include "../tile_plan.h"
-#include "conv.h"
+#include "../op_kernels.h"
+#include "../tile_steps.h"
 #include "kernels.h"
 
 namespace rskcnn::cuda {
