@@ -52,9 +52,7 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                          at::IntArrayRef block, double scale) {
-  check_cpu_float_tensor(input, "input");
-  check_same_device_dtype(input, weight, "weight", "input");
-  check_cpu_mask(mask);
+  check_op_tensors(input, "input", weight, "weight", mask);
   const ConvArgs a = make_conv_args(input.sizes(), weight.sizes(), mask, stride, padding,
                                     dilation, groups, block);
   const at::Tensor bias_c = checked_bias(bias, input, a.cout);

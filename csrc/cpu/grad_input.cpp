@@ -58,9 +58,7 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation, int64_t groups,
                                     at::IntArrayRef block, double scale) {
-  check_cpu_float_tensor(grad_output, "grad_output");
-  check_same_device_dtype(grad_output, weight, "weight", "grad_output");
-  check_cpu_mask(mask);
+  check_op_tensors(grad_output, "grad_output", weight, "weight", mask);
   const ConvArgs a = make_conv_args(input_size, weight.sizes(), mask, stride, padding, dilation,
                                     groups, block);
   check_grad_output_shape(grad_output, a);

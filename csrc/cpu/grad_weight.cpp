@@ -73,9 +73,7 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                      at::IntArrayRef dilation, int64_t groups,
                                      at::IntArrayRef block, double scale) {
-  check_cpu_float_tensor(grad_output, "grad_output");
-  check_same_device_dtype(grad_output, input, "input", "grad_output");
-  check_cpu_mask(mask);
+  check_op_tensors(grad_output, "grad_output", input, "input", mask);
   const ConvArgs a = make_conv_args(input.sizes(), weight_size, mask, stride, padding, dilation,
                                     groups, block);
   check_grad_output_shape(grad_output, a);
