@@ -21,8 +21,8 @@ struct BlockLists {
 };
 
 // Kept blocks of each output-block row (forward, grad-weight).
-BlockLists build_row_lists(const at::Tensor& mask, const BlockMaskGeometry& g);
+BlockLists build_row_plan(const at::Tensor& mask, const BlockMaskGeometry& g);
 // Kept blocks of each input-block column (grad-input).
-BlockLists build_column_lists(const at::Tensor& mask, const BlockMaskGeometry& g);
+BlockLists build_column_plan(const at::Tensor& mask, const BlockMaskGeometry& g);
 
 }  // namespace rskcnn::cpu

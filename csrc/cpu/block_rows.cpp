@@ -43,7 +43,7 @@ struct BlockRows {
   const int32_t* list(int64_t b) const { return columns.data() + list_begin[b]; }
 };
 
-BlockRows make_block_rows(const BlockLists& lists, const ConvArgs& a) {
+BlockRows make_block_rows(const BlockLists& plan, const ConvArgs& a) {
   const BlockMaskGeometry& g = a.mask;
   const int64_t blocks = g.mo, block = g.bo, extent = a.cout, outer_block = g.bi, outer_extent = a.cin_g;
   BlockRows r;
@@ -52,8 +52,8 @@ BlockRows make_block_rows(const BlockLists& lists, const ConvArgs& a) {
     r.first.push_back(b * block);
     r.count.push_back(std::min(block, extent - b * block));
     const size_t start = r.columns.size();
-    const int32_t* kept = lists.row(b);
-    for (int32_t t = 0; t < lists.count(b); ++t) {
+    const int32_t* kept = plan.row(b);
+    for (int32_t t = 0; t < plan.count(b); ++t) {
       const BlockCoord c = decode_entry(kept[t], g);
       const IndexRange orange = block_range(c.outer, outer_block, outer_extent);
       const IndexRange hr = block_range(c.hb, g.bh, a.kh);
@@ -266,7 +266,7 @@ at::Tensor block_rows_grad_weight(const at::Tensor& grad_output, const at::Tenso
   if (gw.numel() == 0 || a.n == 0) return gw;
   const at::Tensor go = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
-  const BlockRows r = make_block_rows(build_row_lists(mask, a.mask), a);
+  const BlockRows r = make_block_rows(build_row_plan(mask, a.mask), a);
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "rskcnn_block_rows_grad_weight", [&] {
     grad_weight_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), r, a,
                                  static_cast<scalar_t>(scale), go.options(), gw.mutable_data_ptr<scalar_t>());

@@ -20,7 +20,7 @@ namespace rskcnn::cpu {
 namespace {
 
 template <typename T>
-void forward_kernel(const T* x, const T* w, const T* bias, const BlockLists& lists, const ConvArgs& a,
+void forward_kernel(const T* x, const T* w, const T* bias, const BlockLists& plan, const ConvArgs& a,
                     T scale, T* y) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t filter_size = a.cin_g * a.kh * a.kw;
@@ -28,7 +28,7 @@ void forward_kernel(const T* x, const T* w, const T* bias, const BlockLists& lis
   const int64_t chunks = ceil_div(pixels, kProductChunk);
   for (int64_t group = 0; group < a.groups; ++group) {
     const int64_t o_first = group * cout_g;
-    const SparseRows rows = output_channel_rows(lists, a, group);
+    const SparseRows rows = output_channel_rows(plan, a, group);
     const std::vector<T> values = gather_kept_values(
         rows, w, scale, [&](int64_t o, int32_t k) { return (o_first + o) * filter_size + k; });
     const RowPanels<T> panels = make_row_panels(rows, values);
@@ -65,11 +65,11 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
     if (output.numel() > 0) {
       const at::Tensor x = input.contiguous();
       const at::Tensor w = weight.contiguous();
-      const BlockLists lists = build_row_lists(mask, a.mask);
+      const BlockLists plan = build_row_plan(mask, a.mask);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rskcnn_masked_conv2d_cpu", [&] {
         forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                  bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                                 lists, a, static_cast<scalar_t>(scale),
+                                 plan, a, static_cast<scalar_t>(scale),
                                  output.mutable_data_ptr<scalar_t>());
       });
     }

@@ -19,7 +19,7 @@ namespace rskcnn::cpu {
 namespace {
 
 template <typename T>
-void grad_input_kernel(const T* go, const T* w, const BlockLists& lists, const ConvArgs& a, T scale, T* gi) {
+void grad_input_kernel(const T* go, const T* w, const BlockLists& plan, const ConvArgs& a, T scale, T* gi) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t taps = a.kh * a.kw;
   const int64_t column_count = cout_g * taps;
@@ -28,7 +28,7 @@ void grad_input_kernel(const T* go, const T* w, const BlockLists& lists, const C
   for (int64_t group = 0; group < a.groups; ++group) {
     const int64_t o_first = group * cout_g;
     const int64_t c_first = group * a.cin_g;
-    const SparseRows rows = input_channel_rows(lists, a, group);
+    const SparseRows rows = input_channel_rows(plan, a, group);
     // Weight offset of column k = o * taps + tap at input channel 0, computed once rather
     // than with two divisions per kept weight.
     std::vector<int64_t> column_offset(column_count);
@@ -71,10 +71,10 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
     if (grad_input.numel() > 0) {
       const at::Tensor go = grad_output.contiguous();
       const at::Tensor w = weight.contiguous();
-      const BlockLists lists = build_column_lists(mask, a.mask);
+      const BlockLists plan = build_column_plan(mask, a.mask);
       AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rskcnn_masked_conv2d_grad_input_cpu", [&] {
         grad_input_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                    lists, a, static_cast<scalar_t>(scale),
+                                    plan, a, static_cast<scalar_t>(scale),
                                     grad_input.mutable_data_ptr<scalar_t>());
       });
     }

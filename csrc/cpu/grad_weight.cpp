@@ -28,7 +28,7 @@ namespace {
 constexpr int64_t kSlices = 4;
 
 template <int Chunk, typename T>
-void grad_weight_kernel(const T* go, const T* x, const BlockLists& lists, const ConvArgs& a, T scale, T* gw) {
+void grad_weight_kernel(const T* go, const T* x, const BlockLists& plan, const ConvArgs& a, T scale, T* gw) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t filter_size = a.cin_g * a.kh * a.kw;
   const int64_t pixels = a.n * a.oh * a.ow;
@@ -36,7 +36,7 @@ void grad_weight_kernel(const T* go, const T* x, const BlockLists& lists, const 
   const int64_t slices = std::min(kSlices, chunks);
   for (int64_t group = 0; group < a.groups; ++group) {
     const int64_t o_first = group * cout_g;
-    const SparseRows rows = output_channel_rows(lists, a, group);
+    const SparseRows rows = output_channel_rows(plan, a, group);
     std::vector<T> partial(slices * rows.num_values, T(0));
     at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets;
@@ -88,12 +88,12 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   if (grad_weight.numel() > 0 && a.n > 0) {
     const at::Tensor go = grad_output.contiguous();
     const at::Tensor x = input.contiguous();
-    const BlockLists lists = build_row_lists(mask, a.mask);
+    const BlockLists plan = build_row_plan(mask, a.mask);
     const int64_t column_bytes = a.cin_g * a.kh * a.kw * grad_output.element_size();
     AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rskcnn_masked_conv2d_grad_weight_cpu", [&] {
       const auto run = [&](auto chunk) {
         grad_weight_kernel<decltype(chunk)::value, scalar_t>(
-            go.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), lists, a,
+            go.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), plan, a,
             static_cast<scalar_t>(scale), grad_weight.mutable_data_ptr<scalar_t>());
       };
       if (column_bytes * 256 <= kDotChunkBytes) {

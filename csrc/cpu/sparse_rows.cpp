@@ -81,7 +81,7 @@ void sort_list(std::vector<int32_t>& list) {
 
 }  // namespace
 
-SparseRows output_channel_rows(const BlockLists& block_lists, const ConvArgs& a, int64_t group) {
+SparseRows output_channel_rows(const BlockLists& plan, const ConvArgs& a, int64_t group) {
   const BlockMaskGeometry& g = a.mask;
   const int64_t cout_g = a.cout / a.groups;
   const int64_t o_first = group * cout_g;
@@ -95,8 +95,8 @@ SparseRows output_channel_rows(const BlockLists& block_lists, const ConvArgs& a,
   at::parallel_for(ob_first, ob_last + 1, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ob = begin; ob < end; ++ob) {
       std::vector<int32_t>& list = lists[ob - ob_first];
-      const int32_t* kept = block_lists.row(ob);
-      const int32_t count = block_lists.count(ob);
+      const int32_t* kept = plan.row(ob);
+      const int32_t count = plan.count(ob);
       if (entries_are_columns) {
         list.assign(kept, kept + count);
         continue;
@@ -109,7 +109,7 @@ SparseRows output_channel_rows(const BlockLists& block_lists, const ConvArgs& a,
   return group_rows(cout_g, [&](int64_t o) { return (o_first + o) / g.bo - ob_first; }, lists);
 }
 
-SparseRows input_channel_rows(const BlockLists& block_lists, const ConvArgs& a, int64_t group) {
+SparseRows input_channel_rows(const BlockLists& plan, const ConvArgs& a, int64_t group) {
   const BlockMaskGeometry& g = a.mask;
   const int64_t cout_g = a.cout / a.groups;
   const int64_t o_first = group * cout_g;
@@ -123,8 +123,8 @@ SparseRows input_channel_rows(const BlockLists& block_lists, const ConvArgs& a, 
   at::parallel_for(0, g.mi, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ib = begin; ib < end; ++ib) {
       std::vector<int32_t>& list = lists[ib];
-      const int32_t* kept = block_lists.row(ib);
-      const int32_t count = block_lists.count(ib);
+      const int32_t* kept = plan.row(ib);
+      const int32_t count = plan.count(ib);
       if (entries_are_columns) {
         const int32_t* first = std::lower_bound(kept, kept + count, o_first * taps);
         const int32_t* last = std::lower_bound(first, kept + count, o_last * taps);
