@@ -1,8 +1,8 @@
 // Mask -> index-list planning shared by every C++/CUDA backend.
 //
 // A block mask over a weight (Cout, Cin_g, KH, KW) with block (bo, bi, bh, bw) has
-// shape (MO, MI, MH, MW) = ceil(weight / block). Weight element (o, i, h, w) is kept
-// iff mask[o / bo][i / bi][h / bh][w / bw].
+// shape (MO, MI, MH, MW) = ceil(weight / block) (BlockMaskGeometry, conv_geometry.h).
+// Weight element (o, i, h, w) is kept iff mask[o / bo][i / bi][h / bh][w / bw].
 //
 // Plans are fixed-capacity lists plus counts, so building them needs no host sync
 // and no data-dependent allocation:
@@ -14,38 +14,9 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define RSKCNN_HOST_DEVICE __host__ __device__
-#else
-#define RSKCNN_HOST_DEVICE
-#endif
+#include "conv_geometry.h"
 
 namespace rskcnn {
-
-struct BlockMaskGeometry {
-  int64_t cout, cin_g, kh, kw;  // weight shape
-  int64_t bo, bi, bh, bw;       // block shape
-  int64_t mo, mi, mh, mw;       // mask shape
-
-  RSKCNN_HOST_DEVICE int64_t taps_per_block_row() const { return mi * mh * mw; }
-  RSKCNN_HOST_DEVICE int64_t taps_per_block_column() const { return mo * mh * mw; }
-};
-
-RSKCNN_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-RSKCNN_HOST_DEVICE inline int64_t min_i64(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
-
-RSKCNN_HOST_DEVICE inline BlockMaskGeometry make_geometry(
-    int64_t cout, int64_t cin_g, int64_t kh, int64_t kw,
-    int64_t bo, int64_t bi, int64_t bh, int64_t bw) {
-  return BlockMaskGeometry{cout, cin_g, kh, kw, bo, bi, bh, bw,
-                           ceil_div(cout, bo), ceil_div(cin_g, bi),
-                           ceil_div(kh, bh), ceil_div(kw, bw)};
-}
 
 // Half-open range [begin, end) of weight indices covered by block b.
 struct IndexRange {
@@ -149,13 +120,10 @@ RSKCNN_HOST_DEVICE inline int64_t channel_rank(const uint64_t* keys, int64_t beg
   return rank;
 }
 
-// The shape of a tiled pass: forward (and grad-weight) tiles are `out_tile` positions of
-// the channel order that reduce over chunks of `in_chunk` input channels; grad-input
-// tiles are `in_tile` input channels that reduce over chunks of `out_chunk` positions
-// of the order. A step is (tap, chunk), encoded tap * chunks + chunk with tap = h * KW + w.
-struct TileShape {
-  int64_t out_tile, in_chunk, in_tile, out_chunk;
-};
+// Forward (and grad-weight) tiles are `out_tile` positions of the channel order that
+// reduce over chunks of `in_chunk` input channels; grad-input tiles are `in_tile` input
+// channels that reduce over chunks of `out_chunk` positions of the order (TileShape,
+// tile_steps.h). A step is (tap, chunk), encoded tap * chunks + chunk with tap = h * KW + w.
 
 // Positions [begin, end) of the channel order covered by forward tile t, whose group
 // has `cout_g` channels split into `tiles` tiles of `out_tile`.

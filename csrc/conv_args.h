@@ -1,4 +1,5 @@
-// Argument checking and shape arithmetic shared by the host side of every backend.
+// Argument checking shared by the host side of every backend: each check names the
+// argument and the value it expected. The geometry it produces is conv_geometry.h's.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -6,21 +7,9 @@
 #include <optional>
 #include <vector>
 
-#include "block_mask.h"
+#include "conv_geometry.h"
 
 namespace rskcnn {
-
-struct ConvArgs {
-  int64_t n, cin, h, w;       // input
-  int64_t cout, cin_g, kh, kw;  // weight
-  int64_t oh, ow;             // output
-  int64_t sh, sw, ph, pw, dh, dw, groups;
-  BlockMaskGeometry mask;
-};
-
-inline int64_t conv_out_extent(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
-}
 
 // The block-mask geometry of a weight, after checking that mask matches it.
 inline BlockMaskGeometry make_mask_geometry(at::IntArrayRef weight_size, const at::Tensor& mask,

@@ -1,4 +1,4 @@
-"""The CUDA kernels' tile plans (csrc/block_mask.h, csrc/tile_plan.h), built on the CPU by
+"""The CUDA kernels' tile plans (csrc/block_mask.h, csrc/tile_steps.h), built on the CPU by
 rskcnn::plan_tiles with the very host/device functions the CUDA plan kernels call, against a
 brute-force plan written here from the definition; and the CUDA build of them where a GPU is."""
 

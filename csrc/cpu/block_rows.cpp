@@ -8,8 +8,8 @@
 #include <cstring>
 #include <vector>
 
+#include "block_lists.h"
 #include "compacted.h"
-#include "plan.h"
 #include "row_panels.h"
 
 namespace rskcnn::cpu {
@@ -43,7 +43,7 @@ struct BlockRows {
   const int32_t* list(int64_t b) const { return columns.data() + list_begin[b]; }
 };
 
-BlockRows make_block_rows(const Plan& plan, const ConvArgs& a) {
+BlockRows make_block_rows(const BlockLists& plan, const ConvArgs& a) {
   const BlockMaskGeometry& g = a.mask;
   const int64_t blocks = g.mo, block = g.bo, extent = a.cout, outer_block = g.bi, outer_extent = a.cin_g;
   BlockRows r;

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "../block_mask.h"
+
 namespace rskcnn::cpu {
 namespace {
 

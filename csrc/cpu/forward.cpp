@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "../conv_args.h"
+#include "../op_kernels.h"
+#include "block_lists.h"
 #include "checks.h"
 #include "columns.h"
 #include "compacted.h"
-#include "kernels.h"
-#include "plan.h"
 #include "row_panels.h"
 #include "sparse_rows.h"
 
@@ -20,7 +20,7 @@ namespace rskcnn::cpu {
 namespace {
 
 template <typename T>
-void forward_kernel(const T* x, const T* w, const T* bias, const Plan& plan, const ConvArgs& a,
+void forward_kernel(const T* x, const T* w, const T* bias, const BlockLists& plan, const ConvArgs& a,
                     T scale, T* y) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t filter_size = a.cin_g * a.kh * a.kw;
@@ -52,9 +52,7 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                          at::IntArrayRef block, double scale) {
-  check_cpu_float_tensor(input, "input");
-  check_same_device_dtype(input, weight, "weight", "input");
-  check_cpu_mask(mask);
+  check_op_tensors(input, "input", weight, "weight", mask);
   const ConvArgs a = make_conv_args(input.sizes(), weight.sizes(), mask, stride, padding,
                                     dilation, groups, block);
   const at::Tensor bias_c = checked_bias(bias, input, a.cout);
@@ -67,7 +65,7 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
     if (output.numel() > 0) {
       const at::Tensor x = input.contiguous();
       const at::Tensor w = weight.contiguous();
-      const Plan plan = build_row_plan(mask, a.mask);
+      const BlockLists plan = build_row_plan(mask, a.mask);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rskcnn_masked_conv2d_cpu", [&] {
         forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                  bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "../conv_args.h"
+#include "../op_kernels.h"
+#include "block_lists.h"
 #include "checks.h"
 #include "columns.h"
 #include "compacted.h"
-#include "kernels.h"
-#include "plan.h"
 #include "row_panels.h"
 #include "sparse_rows.h"
 
@@ -19,7 +19,7 @@ namespace rskcnn::cpu {
 namespace {
 
 template <typename T>
-void grad_input_kernel(const T* go, const T* w, const Plan& plan, const ConvArgs& a, T scale, T* gi) {
+void grad_input_kernel(const T* go, const T* w, const BlockLists& plan, const ConvArgs& a, T scale, T* gi) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t taps = a.kh * a.kw;
   const int64_t column_count = cout_g * taps;
@@ -58,9 +58,7 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation, int64_t groups,
                                     at::IntArrayRef block, double scale) {
-  check_cpu_float_tensor(grad_output, "grad_output");
-  check_same_device_dtype(grad_output, weight, "weight", "grad_output");
-  check_cpu_mask(mask);
+  check_op_tensors(grad_output, "grad_output", weight, "weight", mask);
   const ConvArgs a = make_conv_args(input_size, weight.sizes(), mask, stride, padding, dilation,
                                     groups, block);
   check_grad_output_shape(grad_output, a);
@@ -73,7 +71,7 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
     if (grad_input.numel() > 0) {
       const at::Tensor go = grad_output.contiguous();
       const at::Tensor w = weight.contiguous();
-      const Plan plan = build_column_plan(mask, a.mask);
+      const BlockLists plan = build_column_plan(mask, a.mask);
       AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rskcnn_masked_conv2d_grad_input_cpu", [&] {
         grad_input_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                     plan, a, static_cast<scalar_t>(scale),

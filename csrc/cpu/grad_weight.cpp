@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "../conv_args.h"
+#include "../op_kernels.h"
+#include "block_lists.h"
 #include "block_rows.h"
 #include "checks.h"
 #include "columns.h"
 #include "compacted.h"
-#include "kernels.h"
-#include "plan.h"
 #include "row_groups.h"
 #include "sparse_rows.h"
 
@@ -28,7 +28,7 @@ namespace {
 constexpr int64_t kSlices = 4;
 
 template <int Chunk, typename T>
-void grad_weight_kernel(const T* go, const T* x, const Plan& plan, const ConvArgs& a, T scale, T* gw) {
+void grad_weight_kernel(const T* go, const T* x, const BlockLists& plan, const ConvArgs& a, T scale, T* gw) {
   const int64_t cout_g = a.cout / a.groups;
   const int64_t filter_size = a.cin_g * a.kh * a.kw;
   const int64_t pixels = a.n * a.oh * a.ow;
@@ -73,9 +73,7 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                      at::IntArrayRef dilation, int64_t groups,
                                      at::IntArrayRef block, double scale) {
-  check_cpu_float_tensor(grad_output, "grad_output");
-  check_same_device_dtype(grad_output, input, "input", "grad_output");
-  check_cpu_mask(mask);
+  check_op_tensors(grad_output, "grad_output", input, "input", mask);
   const ConvArgs a = make_conv_args(input.sizes(), weight_size, mask, stride, padding, dilation,
                                     groups, block);
   check_grad_output_shape(grad_output, a);
@@ -90,7 +88,7 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   if (grad_weight.numel() > 0 && a.n > 0) {
     const at::Tensor go = grad_output.contiguous();
     const at::Tensor x = input.contiguous();
-    const Plan plan = build_row_plan(mask, a.mask);
+    const BlockLists plan = build_row_plan(mask, a.mask);
     const int64_t column_bytes = a.cin_g * a.kh * a.kw * grad_output.element_size();
     AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rskcnn_masked_conv2d_grad_weight_cpu", [&] {
       const auto run = [&](auto chunk) {

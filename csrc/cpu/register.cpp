@@ -1,6 +1,6 @@
 #include <torch/library.h>
 
-#include "kernels.h"
+#include "../op_kernels.h"
 
 TORCH_LIBRARY_IMPL(rskcnn, CPU, m) {
   m.impl("masked_conv2d", &rskcnn::cpu::masked_conv2d);

@@ -81,7 +81,7 @@ void sort_list(std::vector<int32_t>& list) {
 
 }  // namespace
 
-SparseRows output_channel_rows(const Plan& plan, const ConvArgs& a, int64_t group) {
+SparseRows output_channel_rows(const BlockLists& plan, const ConvArgs& a, int64_t group) {
   const BlockMaskGeometry& g = a.mask;
   const int64_t cout_g = a.cout / a.groups;
   const int64_t o_first = group * cout_g;
@@ -109,7 +109,7 @@ SparseRows output_channel_rows(const Plan& plan, const ConvArgs& a, int64_t grou
   return group_rows(cout_g, [&](int64_t o) { return (o_first + o) / g.bo - ob_first; }, lists);
 }
 
-SparseRows input_channel_rows(const Plan& plan, const ConvArgs& a, int64_t group) {
+SparseRows input_channel_rows(const BlockLists& plan, const ConvArgs& a, int64_t group) {
   const BlockMaskGeometry& g = a.mask;
   const int64_t cout_g = a.cout / a.groups;
   const int64_t o_first = group * cout_g;

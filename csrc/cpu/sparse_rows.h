@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "../conv_args.h"
-#include "plan.h"
+#include "block_lists.h"
 
 namespace rskcnn::cpu {
 
@@ -35,9 +35,9 @@ struct SparseRows {
 };
 
 // Output channels of conv group `group` as rows (forward, grad-weight).
-SparseRows output_channel_rows(const Plan& row_plan, const ConvArgs& a, int64_t group);
+SparseRows output_channel_rows(const BlockLists& row_plan, const ConvArgs& a, int64_t group);
 // Input channels of conv group `group` as rows (grad-input).
-SparseRows input_channel_rows(const Plan& column_plan, const ConvArgs& a, int64_t group);
+SparseRows input_channel_rows(const BlockLists& column_plan, const ConvArgs& a, int64_t group);
 
 // values[value_offset[s] + e] = weight[weight_index(row_ids[s], columns[list + e])] * scale
 template <typename T, typename WeightIndex>

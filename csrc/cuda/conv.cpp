@@ -9,8 +9,8 @@
 #include <optional>
 
 #include "../conv_args.h"
-#include "../tile_plan.h"
-#include "conv.h"
+#include "../op_kernels.h"
+#include "../tile_steps.h"
 #include "kernels.h"
 
 namespace rskcnn::cuda {
@@ -25,9 +25,24 @@ void check_cuda_float_tensor(const at::Tensor& t, const char* name) {
               dtype);
 }
 
-void check_mask(const at::Tensor& mask, const at::Tensor& ref) {
-  TORCH_CHECK(mask.device() == ref.device(), "rskcnn cuda backend: mask is on ", mask.device(),
-              " but the data is on ", ref.device());
+// The checks every op makes first, in this order: `data` (input or grad_output) is a CUDA
+// float tensor, `other` (weight or input) has its device and dtype, and the mask is on its
+// device.
+void check_op_tensors(const at::Tensor& data, const char* data_name, const at::Tensor& other,
+                      const char* other_name, const at::Tensor& mask) {
+  check_cuda_float_tensor(data, data_name);
+  check_same_device_dtype(data, other, other_name, data_name);
+  TORCH_CHECK(mask.device() == data.device(), "rskcnn cuda backend: mask is on ", mask.device(),
+              " but the data is on ", data.device());
+}
+
+// Runs `write` (an element kernel, which writes contiguous NCHW) on `out`, or on a
+// contiguous temporary that is then copied into a channels-last `out`.
+template <class Write>
+void write_contiguous(const at::Tensor& out, const Write& write) {
+  const at::Tensor dst = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
+  write(dst);
+  if (!dst.is_same(out)) out.copy_(dst);
 }
 
 // Element-sized input blocks go to the sparse lists; blocks of 8 or more input channels
@@ -94,9 +109,7 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                          at::IntArrayRef block, double scale) {
-  check_cuda_float_tensor(input, "input");
-  check_same_device_dtype(input, weight, "weight", "input");
-  check_mask(mask, input);
+  check_op_tensors(input, "input", weight, "weight", mask);
   const c10::cuda::CUDAGuard guard(input.device());
   const ConvArgs a = make_conv_args(input.sizes(), weight.sizes(), mask, stride, padding, dilation,
                                     groups, block);
@@ -111,10 +124,10 @@ at::Tensor masked_conv2d(const at::Tensor& input, const at::Tensor& weight, cons
                   use_tf32(input), output);
     return output;
   }
-  const at::Tensor y = output.is_contiguous() ? output : at::empty_like(output, at::MemoryFormat::Contiguous);
-  element_forward(input.contiguous(), weight.contiguous(), bias_c, expand_mask(mask, a).contiguous(), a,
-                  scale, y);
-  if (!y.is_same(output)) output.copy_(y);
+  write_contiguous(output, [&](const at::Tensor& y) {
+    element_forward(input.contiguous(), weight.contiguous(), bias_c, expand_mask(mask, a).contiguous(),
+                    a, scale, y);
+  });
   return output;
 }
 
@@ -123,9 +136,7 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation, int64_t groups,
                                     at::IntArrayRef block, double scale) {
-  check_cuda_float_tensor(grad_output, "grad_output");
-  check_same_device_dtype(grad_output, weight, "weight", "grad_output");
-  check_mask(mask, grad_output);
+  check_op_tensors(grad_output, "grad_output", weight, "weight", mask);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const ConvArgs a = make_conv_args(input_size, weight.sizes(), mask, stride, padding, dilation,
                                     groups, block);
@@ -141,11 +152,10 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
                      a, scale, use_tf32(grad_output), grad_input);
     return grad_input;
   }
-  const at::Tensor dx =
-      grad_input.is_contiguous() ? grad_input : at::empty_like(grad_input, at::MemoryFormat::Contiguous);
-  element_grad_input(grad_output.contiguous(), weight.contiguous(), expand_mask(mask, a).contiguous(),
-                     a, scale, dx);
-  if (!dx.is_same(grad_input)) grad_input.copy_(dx);
+  write_contiguous(grad_input, [&](const at::Tensor& dx) {
+    element_grad_input(grad_output.contiguous(), weight.contiguous(), expand_mask(mask, a).contiguous(),
+                       a, scale, dx);
+  });
   return grad_input;
 }
 
@@ -154,9 +164,7 @@ at::Tensor masked_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                      at::IntArrayRef dilation, int64_t groups,
                                      at::IntArrayRef block, double scale) {
-  check_cuda_float_tensor(grad_output, "grad_output");
-  check_same_device_dtype(grad_output, input, "input", "grad_output");
-  check_mask(mask, grad_output);
+  check_op_tensors(grad_output, "grad_output", input, "input", mask);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const ConvArgs a = make_conv_args(input.sizes(), weight_size, mask, stride, padding, dilation,
                                     groups, block);

@@ -1,5 +1,5 @@
-// Pieces shared by the element-mask kernels (element_*.cu): debug asserts, 32-bit
-// spatial sizes, the pixel layout of a thread and packed (vector) stores and loads.
+// Pieces shared by the element-mask kernels (element_*.cu): debug asserts, their int
+// geometry, the pixel layout of a thread and packed (vector) stores and loads.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "../conv_args.h"
+#include "../conv_geometry.h"
 
 // Invariant checks compiled in only with -DRSKCNN_CUDA_DEBUG. The release form keeps
 // the condition unevaluated so its operands still count as used.
@@ -27,25 +27,14 @@
 
 namespace rskcnn::cuda::element {
 
-// The spatial part of ConvArgs as int, so that the per-tap arithmetic of the inner
-// loops stays 32-bit. Every sum the kernels form (oh*sh - ph + r*dh, ih + ph - r*dh,
-// a pixel index inside one plane) stays below 2^31 given the checks of spatial_of.
-struct Spatial {
-  int h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-inline Spatial spatial_of(const ConvArgs& a) {
-  constexpr int64_t kLimit = int64_t{1} << 30;
-  TORCH_CHECK(a.h + 2 * a.ph < kLimit && a.w + 2 * a.pw < kLimit && a.oh * a.sh < kLimit &&
-                  a.ow * a.sw < kLimit && (a.kh - 1) * a.dh < kLimit && (a.kw - 1) * a.dw < kLimit,
-              "rskcnn: the CUDA element kernels need padded extents, strides and dilated "
-              "kernels below 2^30");
+// ConvArgs as int for the element kernels: narrow_conv_args, plus the pixel index
+// within one input or output plane (H*W, OH*OW), which these kernels also keep in an int.
+inline ConvArgs32 narrow_element_conv_args(const ConvArgs& a) {
+  const ConvArgs32 a32 = narrow_conv_args(a);
   constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
   TORCH_CHECK(a.h * a.w <= kMaxInt && a.oh * a.ow <= kMaxInt,
               "rskcnn: the CUDA element kernels need H*W and OH*OW below 2^31");
-  auto i32 = [](int64_t v) { return static_cast<int>(v); };
-  return Spatial{i32(a.h),  i32(a.w),  i32(a.oh), i32(a.ow), i32(a.kh), i32(a.kw),
-                 i32(a.sh), i32(a.sw), i32(a.ph), i32(a.pw), i32(a.dh), i32(a.dw)};
+  return a32;
 }
 
 // A thread's items are groups of V consecutive pixels; group k of every thread lies

@@ -11,7 +11,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "element_common.cuh"
-#include "element_plan.cuh"
+#include "element_lists.cuh"
 #include "kernels.h"
 
 namespace rskcnn::cuda {
@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kThreads)
     element_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
                            const scalar_t* __restrict__ bias, const int32_t* __restrict__ entries,
                            const int32_t* __restrict__ counts, const int32_t* __restrict__ order,
-                           ConvArgs a, Spatial sp, at::acc_type<scalar_t, true> scale,
+                           ConvArgs a, ConvArgs32 a32, at::acc_type<scalar_t, true> scale,
                            int64_t tiles, scalar_t* __restrict__ y) {
   using acc_t = at::acc_type<scalar_t, true>;
   // Per staged weight: its value, r*dh, s*dw, and the offset of its input element
@@ -43,14 +43,14 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tile_begin = (blockIdx.x - rank * tiles) * kTile;
   const int64_t o = order[rank];
   const int32_t count = counts[o];
-  const int taps = sp.kh * sp.kw;
+  const int taps = a32.kh * a32.kw;
   const int64_t row_len = a.cin_g * taps;  // the list's capacity and filter o's length
   const int32_t* row = entries + o * row_len;
   const scalar_t* filter = w + o * row_len;
   const int64_t group = o / (a.cout / a.groups);
   RSKCNN_DEVICE_ASSERT(o >= 0 && o < a.cout && count >= 0 && count <= row_len);
-  const int64_t in_plane = int64_t{sp.h} * sp.w;
-  const int64_t out_plane = int64_t{sp.oh} * sp.ow;
+  const int64_t in_plane = int64_t{a32.h} * a32.w;
+  const int64_t out_plane = int64_t{a32.oh} * a32.ow;
   const int64_t pixels = a.n * out_plane;
 
   // Top-left corner of each item's receptive field. Items past the last pixel compute
@@ -62,11 +62,11 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t q = min_i64(item_pixel<kThreads, V>(tile_begin, j), pixels - 1);
     const int64_t n = q / out_plane;
     const int pix = static_cast<int>(q - n * out_plane);
-    const int oh = pix / sp.ow;
-    const int ow = pix - oh * sp.ow;
-    ih0[j] = oh * sp.sh - sp.ph;
-    iw0[j] = ow * sp.sw - sp.pw;
-    corner[j] = (n * a.cin + group * a.cin_g) * in_plane + int64_t{ih0[j]} * sp.w + iw0[j];
+    const int oh = pix / a32.ow;
+    const int ow = pix - oh * a32.ow;
+    ih0[j] = oh * a32.sh - a32.ph;
+    iw0[j] = ow * a32.sw - a32.pw;
+    corner[j] = (n * a.cin + group * a.cin_g) * in_plane + int64_t{ih0[j]} * a32.w + iw0[j];
   }
 
   acc_t acc[kItems] = {};
@@ -77,12 +77,12 @@ __global__ void __launch_bounds__(kThreads)
       const int32_t e = row[begin + k];
       RSKCNN_DEVICE_ASSERT(e >= 0 && e < row_len);
       const int i = e / taps;
-      const int r = (e - i * taps) / sp.kw;
-      const int s = e - i * taps - r * sp.kw;
+      const int r = (e - i * taps) / a32.kw;
+      const int s = e - i * taps - r * a32.kw;
       s_value[k] = static_cast<acc_t>(filter[e]);
-      s_dr[k] = r * sp.dh;
-      s_ds[k] = s * sp.dw;
-      s_offset[k] = i * in_plane + int64_t{r * sp.dh} * sp.w + s * sp.dw;
+      s_dr[k] = r * a32.dh;
+      s_ds[k] = s * a32.dw;
+      s_offset[k] = i * in_plane + int64_t{r * a32.dh} * a32.w + s * a32.dw;
     }
     __syncthreads();
     for (int k = 0; k < m; ++k) {
@@ -92,8 +92,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int j = 0; j < kItems; ++j) {
         const int ih = ih0[j] + dr, iw = iw0[j] + ds;
-        if (static_cast<unsigned>(ih) < static_cast<unsigned>(sp.h) &&
-            static_cast<unsigned>(iw) < static_cast<unsigned>(sp.w)) {
+        if (static_cast<unsigned>(ih) < static_cast<unsigned>(a32.h) &&
+            static_cast<unsigned>(iw) < static_cast<unsigned>(a32.w)) {
           acc[j] += value * static_cast<acc_t>(x[corner[j] + offset]);
         }
       }
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename scalar_t>
 void launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-            const ElementRows& rows, const ConvArgs& a, const Spatial& sp, double scale,
+            const ElementRows& rows, const ConvArgs& a, const ConvArgs32& a32, double scale,
             int64_t tiles, const at::Tensor& y) {
   scalar_t* out = y.mutable_data_ptr<scalar_t>();
   const auto kernel = can_pack<4>(out, a.oh * a.ow) ? element_forward_kernel<scalar_t, 4>
@@ -127,7 +127,7 @@ void launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
       x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
       bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
       rows.entries.const_data_ptr<int32_t>(), rows.counts.const_data_ptr<int32_t>(),
-      rows.order.const_data_ptr<int32_t>(), a, sp,
+      rows.order.const_data_ptr<int32_t>(), a, a32,
       static_cast<at::acc_type<scalar_t, true>>(scale), tiles, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -140,13 +140,13 @@ void element_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                   (!bias.defined() || bias.is_contiguous()),
               "rskcnn: element_forward needs contiguous tensors");
   if (y.numel() == 0) return;
-  const Spatial sp = spatial_of(a);
+  const ConvArgs32 a32 = narrow_element_conv_args(a);
   const ElementRows rows = plan_filter_rows(keep, a);
   const int64_t tiles = ceil_div(a.n * a.oh * a.ow, kTile);
   check_grid(rows.rows * tiles, "element_forward");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "rskcnn_element_forward",
-                                  [&] { launch<scalar_t>(x, w, bias, rows, a, sp, scale, tiles, y); });
+                                  [&] { launch<scalar_t>(x, w, bias, rows, a, a32, scale, tiles, y); });
 }
 
 }  // namespace rskcnn::cuda

@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "element_common.cuh"
-#include "element_plan.cuh"
+#include "element_lists.cuh"
 #include "kernels.h"
 
 namespace rskcnn::cuda {
@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kThreads)
                               const int32_t* __restrict__ entries,
                               const int32_t* __restrict__ counts,
                               const int32_t* __restrict__ order, int64_t capacity, ConvArgs a,
-                              Spatial sp, at::acc_type<scalar_t, true> scale, int64_t tiles,
+                              ConvArgs32 a32, at::acc_type<scalar_t, true> scale, int64_t tiles,
                               scalar_t* __restrict__ dx) {
   using acc_t = at::acc_type<scalar_t, true>;
   // Per staged weight: its value, r*dh, s*dw and the offset of its dy channel; with unit
@@ -49,9 +49,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t i = c - group * a.cin_g;
   const int64_t cout_g = a.cout / a.groups;
   RSKCNN_DEVICE_ASSERT(c >= 0 && c < a.cin && count >= 0 && count <= capacity);
-  const int taps = sp.kh * sp.kw;
-  const int64_t in_plane = int64_t{sp.h} * sp.w;
-  const int64_t out_plane = int64_t{sp.oh} * sp.ow;
+  const int taps = a32.kh * a32.kw;
+  const int64_t in_plane = int64_t{a32.h} * a32.w;
+  const int64_t out_plane = int64_t{a32.oh} * a32.ow;
   const int64_t pixels = a.n * in_plane;
 
   // (ih + ph, iw + pw) of each item and the offset of its image in dy. Items past the
@@ -63,11 +63,11 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t q = min_i64(item_pixel<kThreads, V>(tile_begin, j), pixels - 1);
     const int64_t n = q / in_plane;
     const int pix = static_cast<int>(q - n * in_plane);
-    const int ih = pix / sp.w;
-    th[j] = ih + sp.ph;
-    tw[j] = pix - ih * sp.w + sp.pw;
+    const int ih = pix / a32.w;
+    th[j] = ih + a32.ph;
+    tw[j] = pix - ih * a32.w + a32.pw;
     base[j] = n * a.cout * out_plane;
-    if constexpr (kUnitStride) base[j] += int64_t{th[j]} * sp.ow + tw[j];
+    if constexpr (kUnitStride) base[j] += int64_t{th[j]} * a32.ow + tw[j];
   }
 
   acc_t acc[kItems] = {};
@@ -79,14 +79,14 @@ __global__ void __launch_bounds__(kThreads)
       RSKCNN_DEVICE_ASSERT(e >= 0 && e < capacity);
       const int l = e / taps;
       const int tap = e - l * taps;
-      const int r = tap / sp.kw;
-      const int s = tap - r * sp.kw;
+      const int r = tap / a32.kw;
+      const int s = tap - r * a32.kw;
       const int64_t o = group * cout_g + l;
       s_value[k] = static_cast<acc_t>(w[(o * a.cin_g + i) * taps + tap]);
-      s_dr[k] = r * sp.dh;
-      s_ds[k] = s * sp.dw;
+      s_dr[k] = r * a32.dh;
+      s_ds[k] = s * a32.dw;
       s_offset[k] = o * out_plane;
-      if constexpr (kUnitStride) s_offset[k] -= int64_t{r * sp.dh} * sp.ow + s * sp.dw;
+      if constexpr (kUnitStride) s_offset[k] -= int64_t{r * a32.dh} * a32.ow + s * a32.dw;
     }
     __syncthreads();
     for (int k = 0; k < m; ++k) {
@@ -97,16 +97,16 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < kItems; ++j) {
         if constexpr (kUnitStride) {
           const int oh = th[j] - dr, ow = tw[j] - ds;
-          if (static_cast<unsigned>(oh) < static_cast<unsigned>(sp.oh) &&
-              static_cast<unsigned>(ow) < static_cast<unsigned>(sp.ow)) {
+          if (static_cast<unsigned>(oh) < static_cast<unsigned>(a32.oh) &&
+              static_cast<unsigned>(ow) < static_cast<unsigned>(a32.ow)) {
             acc[j] += value * static_cast<acc_t>(dy[base[j] + offset]);
           }
         } else {
           const int ah = th[j] - dr, aw = tw[j] - ds;
           if (ah < 0 || aw < 0) continue;
-          const int oh = ah / sp.sh, ow = aw / sp.sw;
-          if (oh * sp.sh == ah && ow * sp.sw == aw && oh < sp.oh && ow < sp.ow) {
-            acc[j] += value * static_cast<acc_t>(dy[base[j] + offset + int64_t{oh} * sp.ow + ow]);
+          const int oh = ah / a32.sh, ow = aw / a32.sw;
+          if (oh * a32.sh == ah && ow * a32.sw == aw && oh < a32.oh && ow < a32.ow) {
+            acc[j] += value * static_cast<acc_t>(dy[base[j] + offset + int64_t{oh} * a32.ow + ow]);
           }
         }
       }
@@ -135,16 +135,16 @@ auto pick_kernel(bool pack) {
 
 template <typename scalar_t>
 void launch(const at::Tensor& dy, const at::Tensor& w, const ElementRows& rows, const ConvArgs& a,
-            const Spatial& sp, double scale, int64_t tiles, const at::Tensor& dx) {
+            const ConvArgs32& a32, double scale, int64_t tiles, const at::Tensor& dx) {
   scalar_t* out = dx.mutable_data_ptr<scalar_t>();
   const bool pack = can_pack<4>(out, a.h * a.w);
-  const auto kernel = sp.sh == 1 && sp.sw == 1 ? pick_kernel<scalar_t, true>(pack)
+  const auto kernel = a32.sh == 1 && a32.sw == 1 ? pick_kernel<scalar_t, true>(pack)
                                                : pick_kernel<scalar_t, false>(pack);
   kernel<<<static_cast<unsigned>(rows.rows * tiles), kThreads, 0,
            at::cuda::getCurrentCUDAStream()>>>(
       dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
       rows.entries.const_data_ptr<int32_t>(), rows.counts.const_data_ptr<int32_t>(),
-      rows.order.const_data_ptr<int32_t>(), rows.capacity, a, sp,
+      rows.order.const_data_ptr<int32_t>(), rows.capacity, a, a32,
       static_cast<at::acc_type<scalar_t, true>>(scale), tiles, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -156,13 +156,13 @@ void element_grad_input(const at::Tensor& dy, const at::Tensor& w, const at::Ten
   TORCH_CHECK(dy.is_contiguous() && w.is_contiguous() && dx.is_contiguous(),
               "rskcnn: element_grad_input needs contiguous tensors");
   if (dx.numel() == 0) return;
-  const Spatial sp = spatial_of(a);
+  const ConvArgs32 a32 = narrow_element_conv_args(a);
   const ElementRows rows = plan_input_rows(keep, a);
   const int64_t tiles = ceil_div(a.n * a.h * a.w, kTile);
   check_grid(rows.rows * tiles, "element_grad_input");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(),
                                   "rskcnn_element_grad_input",
-                                  [&] { launch<scalar_t>(dy, w, rows, a, sp, scale, tiles, dx); });
+                                  [&] { launch<scalar_t>(dy, w, rows, a, a32, scale, tiles, dx); });
 }
 
 }  // namespace rskcnn::cuda

@@ -15,7 +15,7 @@
 #include <algorithm>
 
 #include "element_common.cuh"
-#include "element_plan.cuh"
+#include "element_lists.cuh"
 #include "kernels.h"
 
 namespace rskcnn::cuda {
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads)
     element_grad_weight_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                                const int32_t* __restrict__ entries,
                                const int32_t* __restrict__ counts,
-                               const int32_t* __restrict__ order, ConvArgs a, Spatial sp,
+                               const int32_t* __restrict__ order, ConvArgs a, ConvArgs32 a32,
                                int64_t splits, int64_t split_pixels,
                                at::acc_type<scalar_t, true>* __restrict__ partial) {
   using acc_t = at::acc_type<scalar_t, true>;
@@ -51,13 +51,13 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t split = blockIdx.x - rank * splits;
   const int64_t o = order[rank];
   const int32_t count = counts[o];
-  const int taps = sp.kh * sp.kw;
+  const int taps = a32.kh * a32.kw;
   const int64_t row_len = a.cin_g * taps;  // the list's capacity and filter o's length
   const int32_t* row = entries + o * row_len;
   const int64_t group = o / (a.cout / a.groups);
   RSKCNN_DEVICE_ASSERT(o >= 0 && o < a.cout && count >= 0 && count <= row_len);
-  const int64_t in_plane = int64_t{sp.h} * sp.w;
-  const int64_t out_plane = int64_t{sp.oh} * sp.ow;
+  const int64_t in_plane = int64_t{a32.h} * a32.w;
+  const int64_t out_plane = int64_t{a32.oh} * a32.ow;
   const int64_t q_begin = split * split_pixels;
   const int64_t q_end = min_i64(a.n * out_plane, q_begin + split_pixels);
   acc_t* out = partial + (split * a.cout + o) * row_len;
@@ -70,11 +70,11 @@ __global__ void __launch_bounds__(kThreads)
       const int32_t e = row[begin + threadIdx.x];
       RSKCNN_DEVICE_ASSERT(e >= 0 && e < row_len);
       const int i = e / taps;
-      const int r = (e - i * taps) / sp.kw;
-      const int s = e - i * taps - r * sp.kw;
-      s_dr[threadIdx.x] = r * sp.dh;
-      s_ds[threadIdx.x] = s * sp.dw;
-      s_offset[threadIdx.x] = i * in_plane + int64_t{r * sp.dh} * sp.w + s * sp.dw;
+      const int r = (e - i * taps) / a32.kw;
+      const int s = e - i * taps - r * a32.kw;
+      s_dr[threadIdx.x] = r * a32.dh;
+      s_ds[threadIdx.x] = s * a32.dw;
+      s_offset[threadIdx.x] = i * in_plane + int64_t{r * a32.dh} * a32.w + s * a32.dw;
     }
     __syncthreads();
 
@@ -104,17 +104,17 @@ __global__ void __launch_bounds__(kThreads)
         if (!kPacked && q >= q_end) continue;
         const int64_t n = q / out_plane;
         const int pix = static_cast<int>(q - n * out_plane);
-        const int oh = pix / sp.ow;
-        const int ow = pix - oh * sp.ow;
-        const int ih0 = oh * sp.sh - sp.ph, iw0 = ow * sp.sw - sp.pw;
+        const int oh = pix / a32.ow;
+        const int ow = pix - oh * a32.ow;
+        const int ih0 = oh * a32.sh - a32.ph, iw0 = ow * a32.sw - a32.pw;
         const int64_t corner =
-            (n * a.cin + group * a.cin_g) * in_plane + int64_t{ih0} * sp.w + iw0;
+            (n * a.cin + group * a.cin_g) * in_plane + int64_t{ih0} * a32.w + iw0;
 #pragma unroll
         for (int k = 0; k < kEntries; ++k) {
           if (k >= m) break;
           const int ih = ih0 + s_dr[k], iw = iw0 + s_ds[k];
-          if (static_cast<unsigned>(ih) < static_cast<unsigned>(sp.h) &&
-              static_cast<unsigned>(iw) < static_cast<unsigned>(sp.w)) {
+          if (static_cast<unsigned>(ih) < static_cast<unsigned>(a32.h) &&
+              static_cast<unsigned>(iw) < static_cast<unsigned>(a32.w)) {
             acc[k] += grad[t] * static_cast<acc_t>(x[corner + s_offset[k]]);
           }
         }
@@ -169,7 +169,7 @@ int64_t choose_splits(const ConvArgs& a, int64_t pixels) {
 
 template <typename scalar_t>
 void launch(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& keep,
-            const ElementRows& rows, const ConvArgs& a, const Spatial& sp, double scale,
+            const ElementRows& rows, const ConvArgs& a, const ConvArgs32& a32, double scale,
             const at::Tensor& dw) {
   using acc_t = at::acc_type<scalar_t, true>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -189,7 +189,7 @@ void launch(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& keep,
                           : element_grad_weight_kernel<scalar_t, false>;
   kernel<<<static_cast<unsigned>(rows.rows * splits), kThreads, 0, stream>>>(
       dy_ptr, x.const_data_ptr<scalar_t>(), rows.entries.const_data_ptr<int32_t>(),
-      rows.counts.const_data_ptr<int32_t>(), rows.order.const_data_ptr<int32_t>(), a, sp, splits,
+      rows.counts.const_data_ptr<int32_t>(), rows.order.const_data_ptr<int32_t>(), a, a32, splits,
       split_pixels, partial_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -211,11 +211,11 @@ void element_grad_weight(const at::Tensor& dy, const at::Tensor& x, const at::Te
     dw.zero_();
     return;
   }
-  const Spatial sp = spatial_of(a);
+  const ConvArgs32 a32 = narrow_element_conv_args(a);
   const ElementRows rows = plan_filter_rows(keep, a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(),
                                   "rskcnn_element_grad_weight",
-                                  [&] { launch<scalar_t>(dy, x, keep, rows, a, sp, scale, dw); });
+                                  [&] { launch<scalar_t>(dy, x, keep, rows, a, a32, scale, dw); });
 }
 
 }  // namespace rskcnn::cuda

@@ -10,11 +10,11 @@
 #include <ATen/ATen.h>
 
 #include "../conv_args.h"
-#include "../tile_plan.h"
+#include "../tile_steps.h"
 
 namespace rskcnn::cuda {
 
-// ---- plans (tile_plan.cu)
+// ---- plans (tile_steps.cu)
 
 // Fills `plans` (allocated by allocate_tile_plans on the GPU) from mask (MO, MI, MH, MW).
 void build_tile_plans(const at::Tensor& mask, const BlockMaskGeometry& g, TilePlans& plans);

@@ -1,6 +1,6 @@
 #include <torch/library.h>
 
-#include "conv.h"
+#include "../op_kernels.h"
 
 TORCH_LIBRARY_IMPL(rskcnn, CUDA, m) {
   m.impl("masked_conv2d", &rskcnn::cuda::masked_conv2d);

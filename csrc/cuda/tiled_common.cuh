@@ -1,6 +1,6 @@
 // Definitions shared by the tiled implicit-GEMM kernels (tiled_*.cu): CTA shape, element
-// conversions, the convolution geometry as the kernels see it and the shared-memory layout
-// of one GEMM tile.
+// conversions and the shared-memory layout of one GEMM tile. The kernels see the
+// convolution as ConvArgs32 (conv_geometry.h).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <type_traits>
+
+#include "../conv_geometry.h"
 
 // Device-side invariant checks, compiled in with -DRSKCNN_CUDA_DEBUG only. The release form
 // never evaluates `cond` but still names its variables, so none of them looks unused.
@@ -67,15 +69,6 @@ struct Elem<double> {
   static __device__ __forceinline__ double to_acc(double v) { return v; }
   static __device__ __forceinline__ double from_acc(double v) { return v; }
   static __device__ __forceinline__ double zero() { return 0.0; }
-};
-
-// ConvArgs narrowed to int (the host checks every extent fits); offsets into tensors are
-// still computed in int64 by the kernels.
-struct Geom {
-  int n, h, w, cin, cin_g;
-  int cout, cout_g, kh, kw;
-  int oh, ow;
-  int sh, sw, ph, pw, dh, dw;
 };
 
 // Pixel q of an (n, rows, cols) image stack, q = (n * rows + y) * cols + x.

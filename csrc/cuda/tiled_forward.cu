@@ -23,7 +23,7 @@ struct ForwardParams {
   const int32_t* order;
   const int32_t* entries;
   const int32_t* counts;
-  Geom g;
+  ConvArgs32 g;
   int64_t ys[4];
   int64_t pixels;  // N * OH * OW
   int out_tiles, out_capacity, chunks;
@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) tiled_forward_kernel(const ForwardPa
   __shared__ __align__(128) unsigned char smem[L::kBytes];
   __shared__ int s_n[BM], s_oh[BM], s_ow[BM];  // output pixel of each A row; s_n = -1 past the end
 
-  const Geom& g = p.g;
+  const ConvArgs32& g = p.g;
   TILED_CHECK(blockDim.x == kThreads);
   const int tile = blockIdx.y;
   const int gi = tile / p.out_tiles;
@@ -122,7 +122,7 @@ void tiled_forward(const at::Tensor& x_nhwc, const at::Tensor& w_packed, const a
   const int64_t pixels = a.n * a.oh * a.ow;
   if (pixels == 0 || a.cout == 0) return;
 
-  const Geom g = make_geom(a);
+  const ConvArgs32 g = narrow_conv_args(a);
   const dim3 grid = make_grid(ceil_div(pixels, kPixelTile), plans.groups * plans.out_tiles);
   const bool vec_x = rows_16b_aligned(x_nhwc, a.cin_g);
   const bool vec_w = rows_16b_aligned(w_packed, a.cin_g);

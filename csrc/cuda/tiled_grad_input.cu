@@ -26,7 +26,7 @@ struct GradInputParams {
   T* dx;        // (N, Cin, H, W), strides dxs
   const int32_t* entries;
   const int32_t* counts;
-  Geom g;
+  ConvArgs32 g;
   int64_t dxs[4];
   int64_t pixels;  // N * H * W
   int in_tiles, in_capacity, chunks;
@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads) tiled_grad_input_kernel(const GradIn
   __shared__ __align__(128) unsigned char smem[L::kBytes];
   __shared__ int s_n[BM], s_ih[BM], s_iw[BM];  // input pixel of each A row; s_n = -1 past the end
 
-  const Geom& g = p.g;
+  const ConvArgs32& g = p.g;
   TILED_CHECK(blockDim.x == kThreads);
   const int tile = blockIdx.y;
   const int gi = tile / p.in_tiles;
@@ -124,7 +124,7 @@ void tiled_grad_input(const at::Tensor& dy_nhwc, const at::Tensor& w_packed,
   const int64_t pixels = a.n * a.h * a.w;
   if (pixels == 0 || a.cin == 0) return;
 
-  const Geom g = make_geom(a);
+  const ConvArgs32 g = narrow_conv_args(a);
   const dim3 grid = make_grid(ceil_div(pixels, kPixelTile), plans.groups * plans.in_tiles);
   const bool vec_dy = rows_16b_aligned(dy_nhwc, a.cout / a.groups);
   const bool vec_w = rows_16b_aligned(w_packed, a.cin_g);

@@ -25,7 +25,7 @@ struct GradWeightParams {
   const int32_t* order;
   const int32_t* entries;
   const int32_t* counts;
-  Geom g;
+  ConvArgs32 g;
   int64_t pixels;  // N * OH * OW
   int out_tiles, out_capacity, chunks;
   bool vec_dy, vec_x;
@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) tiled_grad_weight_kernel(const GradW
   constexpr int BN = L::BN, BK = L::BK;
   __shared__ __align__(128) unsigned char smem[L::kBytes];
 
-  const Geom& g = p.g;
+  const ConvArgs32& g = p.g;
   TILED_CHECK(blockDim.x == kThreads);
   const int tile = blockIdx.y;
   const int slot = blockIdx.x;
@@ -123,10 +123,10 @@ void tiled_grad_weight(const at::Tensor& dy_nhwc, const at::Tensor& x_nhwc,
   const int64_t pixels = a.n * a.oh * a.ow;
   if (pixels == 0 || splits == 0 || a.cout == 0) return;
 
-  const Geom g = make_geom(a);
+  const ConvArgs32 g = narrow_conv_args(a);
   const dim3 grid = make_grid(plans.out_capacity, plans.groups * plans.out_tiles, splits);
   // A split's K loop counts its pixels in int (the host never splits that finely).
-  narrow(ceil_div(pixels, splits), "the output pixels of one split");
+  checked_int32(ceil_div(pixels, splits), "the output pixels of one split");
   const bool vec_dy = rows_16b_aligned(dy_nhwc, a.cout / a.groups);
   const bool vec_x = rows_16b_aligned(x_nhwc, a.cin_g);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

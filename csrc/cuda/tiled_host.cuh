@@ -1,5 +1,5 @@
-// Host side shared by the tiled launchers: argument checks, the int geometry, the 16-byte
-// eligibility test of the cp.async loads and the compile-time dispatch of tile width and math.
+// Host side shared by the tiled launchers: argument checks, the 16-byte eligibility test of
+// the cp.async loads and the compile-time dispatch of tile width and math.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "../conv_args.h"
-#include "../tile_plan.h"
+#include "../tile_steps.h"
 #include "tiled_common.cuh"
 
 namespace rskcnn::cuda::tiled {
@@ -31,37 +31,6 @@ struct CudaType<c10::BFloat16> {
   using type = __nv_bfloat16;
 };
 
-inline int narrow(int64_t v, const char* what) {
-  TORCH_CHECK(v >= 0 && v <= INT32_MAX, "rskcnn: tiled CUDA kernels need ", what,
-              " to fit in int32, got ", v);
-  return static_cast<int>(v);
-}
-
-inline Geom make_geom(const ConvArgs& a) {
-  Geom g{};
-  g.n = narrow(a.n, "N");
-  g.h = narrow(a.h, "H");
-  g.w = narrow(a.w, "W");
-  g.cin = narrow(a.cin, "Cin");
-  g.cin_g = narrow(a.cin_g, "Cin/groups");
-  g.cout = narrow(a.cout, "Cout");
-  g.cout_g = narrow(a.cout / a.groups, "Cout/groups");
-  g.kh = narrow(a.kh, "KH");
-  g.kw = narrow(a.kw, "KW");
-  g.oh = narrow(a.oh, "OH");
-  g.ow = narrow(a.ow, "OW");
-  g.sh = narrow(a.sh, "stride");
-  g.sw = narrow(a.sw, "stride");
-  g.ph = narrow(a.ph, "padding");
-  g.pw = narrow(a.pw, "padding");
-  g.dh = narrow(a.dh, "dilation");
-  g.dw = narrow(a.dw, "dilation");
-  // The kernels form oh * sh - ph + r * dh and ih + ph in int.
-  narrow(a.h + 2 * a.ph + a.dh * a.kh + a.sh * a.oh, "the padded height");
-  narrow(a.w + 2 * a.pw + a.dw * a.kw + a.sw * a.ow, "the padded width");
-  return g;
-}
-
 inline void check_plans(const TilePlans& p, const ConvArgs& a) {
   TORCH_CHECK((p.shape.out_tile == 32 || p.shape.out_tile == 64) &&
                   (p.shape.in_tile == 32 || p.shape.in_tile == 64) && p.shape.in_chunk == kChunk &&
@@ -70,11 +39,10 @@ inline void check_plans(const TilePlans& p, const ConvArgs& a) {
               "in_chunk = out_chunk = 32, got (out_tile, in_chunk, in_tile, out_chunk) = (",
               p.shape.out_tile, ", ", p.shape.in_chunk, ", ", p.shape.in_tile, ", ",
               p.shape.out_chunk, ")");
-  const int64_t cout_g = a.cout / a.groups;
-  TORCH_CHECK(p.groups == a.groups && p.out_tiles == ceil_div(cout_g, p.shape.out_tile) &&
-                  p.in_tiles == ceil_div(a.cin_g, p.shape.in_tile) &&
-                  p.out_capacity == a.kh * a.kw * ceil_div(a.cin_g, kChunk) &&
-                  p.in_capacity == a.kh * a.kw * ceil_div(cout_g, kChunk),
+  const TileCounts counts = count_tiles(a.mask, a.groups, p.shape);
+  TORCH_CHECK(p.groups == a.groups && p.out_tiles == counts.out_tiles &&
+                  p.in_tiles == counts.in_tiles && p.out_capacity == counts.out_capacity &&
+                  p.in_capacity == counts.in_capacity,
               "rskcnn: tile plans were built for another convolution");
   const auto check_int = [](const at::Tensor& t, std::vector<int64_t> sizes, const char* name) {
     TORCH_CHECK(t.is_cuda() && t.scalar_type() == at::kInt && t.is_contiguous() &&

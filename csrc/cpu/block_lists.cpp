@@ -1,4 +1,4 @@
-#include "plan.h"
+#include "block_lists.h"
 
 #include <limits>
 
@@ -6,11 +6,11 @@ namespace rskcnn::cpu {
 namespace {
 
 template <typename PlanOne>
-Plan build_plan(const at::Tensor& mask, int64_t rows, int64_t capacity, PlanOne plan_one) {
+BlockLists build_plan(const at::Tensor& mask, int64_t rows, int64_t capacity, PlanOne plan_one) {
   TORCH_CHECK(capacity < std::numeric_limits<int32_t>::max(),
               "rskcnn: a mask row of ", capacity, " blocks overflows the int32 plan entries");
   const at::Tensor mask_c = mask.contiguous();
-  Plan plan{at::empty({rows, capacity}, mask.options().dtype(at::kInt)),
+  BlockLists plan{at::empty({rows, capacity}, mask.options().dtype(at::kInt)),
             at::empty({rows}, mask.options().dtype(at::kInt)), capacity};
   const bool* m = mask_c.const_data_ptr<bool>();
   int32_t* entries = plan.entries.mutable_data_ptr<int32_t>();
@@ -26,12 +26,12 @@ Plan build_plan(const at::Tensor& mask, int64_t rows, int64_t capacity, PlanOne 
 
 }  // namespace
 
-Plan build_row_plan(const at::Tensor& mask, const BlockMaskGeometry& g) {
+BlockLists build_row_plan(const at::Tensor& mask, const BlockMaskGeometry& g) {
   return build_plan(mask, g.mo, g.taps_per_block_row(),
                     [&g](const bool* m, int64_t r, int32_t* out) { return plan_row(m, g, r, out); });
 }
 
-Plan build_column_plan(const at::Tensor& mask, const BlockMaskGeometry& g) {
+BlockLists build_column_plan(const at::Tensor& mask, const BlockMaskGeometry& g) {
   return build_plan(mask, g.mi, g.taps_per_block_column(), [&g](const bool* m, int64_t r, int32_t* out) {
     return plan_column(m, g, r, out);
   });

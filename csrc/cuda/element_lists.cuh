@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "../conv_args.h"
+#include "../conv_geometry.h"
 
 namespace rskcnn::cuda::element {
 

@@ -11,8 +11,8 @@
 
 #include <tuple>
 
-#include "../conv_args.h"
-#include "conv.h"
+#include "../op_kernels.h"
+#include "../tile_steps.h"
 #include "kernels.h"
 
 namespace rskcnn::cuda {
@@ -167,14 +167,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plan_tile
     at::IntArrayRef tile_shape, bool reorder) {
   TORCH_CHECK(mask.is_cuda(), "rskcnn cuda backend: mask must be a CUDA tensor, got ", mask.device());
   const c10::cuda::CUDAGuard guard(mask.device());
-  const BlockMaskGeometry g = make_mask_geometry(weight_size, mask, block);
-  TORCH_CHECK(g.cin_g > 0 && g.kh > 0 && g.kw > 0,
-              "rskcnn: weight must have Cin/groups, KH and KW all >= 1, got weight shape ", weight_size);
-  TORCH_CHECK(tile_shape.size() == 4, "rskcnn: tile_shape must have 4 elements, got ", tile_shape.size());
-  TilePlans p = allocate_tile_plans(
-      mask, g, groups, TileShape{tile_shape[0], tile_shape[1], tile_shape[2], tile_shape[3]}, reorder);
+  auto [g, p] = allocate_plan_tiles_call(mask, weight_size, groups, block, tile_shape, reorder);
   build_tile_plans(mask, g, p);
-  return {p.order, p.out_entries, p.out_counts, p.in_entries, p.in_counts};
+  return p.tensors();
 }
 
 }  // namespace rskcnn::cuda

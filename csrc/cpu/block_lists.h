@@ -1,4 +1,6 @@
-// Builds the row and column plans of csrc/block_mask.h for a CPU mask.
+// The row and column plans of csrc/block_mask.h for a CPU mask: per row (output block)
+// or column (input block), the list of its kept blocks. The sparse-row path
+// (sparse_rows.h, block_rows.h) starts from these lists.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,7 +10,8 @@
 
 namespace rskcnn::cpu {
 
-struct Plan {
+// A row plan or a column plan.
+struct BlockLists {
   at::Tensor entries;  // (rows, capacity) int32, the first counts[r] of row r are valid
   at::Tensor counts;   // (rows,) int32
   int64_t capacity;
@@ -18,8 +21,8 @@ struct Plan {
 };
 
 // Kept blocks of each output-block row (forward, grad-weight).
-Plan build_row_plan(const at::Tensor& mask, const BlockMaskGeometry& g);
+BlockLists build_row_plan(const at::Tensor& mask, const BlockMaskGeometry& g);
 // Kept blocks of each input-block column (grad-input).
-Plan build_column_plan(const at::Tensor& mask, const BlockMaskGeometry& g);
+BlockLists build_column_plan(const at::Tensor& mask, const BlockMaskGeometry& g);
 
 }  // namespace rskcnn::cpu

@@ -3,13 +3,14 @@
 #include <tuple>
 #include <vector>
 
-#include "../conv_args.h"
-#include "../tile_plan.h"
-#include "kernels.h"
-#include "tile_plan.h"
+#include "../op_kernels.h"
+#include "../tile_steps.h"
+#include "checks.h"
 
 namespace rskcnn::cpu {
+namespace {
 
+// Fills `p` (allocated by allocate_tile_plans on the CPU) from mask (MO, MI, MH, MW).
 void build_tile_plans(const at::Tensor& mask, const BlockMaskGeometry& g, TilePlans& p) {
   const at::Tensor mask_c = mask.contiguous();
   const bool* m = mask_c.const_data_ptr<bool>();
@@ -41,19 +42,15 @@ void build_tile_plans(const at::Tensor& mask, const BlockMaskGeometry& g, TilePl
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plan_tiles(
     const at::Tensor& mask, at::IntArrayRef weight_size, int64_t groups, at::IntArrayRef block,
     at::IntArrayRef tile_shape, bool reorder) {
-  TORCH_CHECK(mask.device().is_cpu(), "rskcnn cpu backend: mask must be on the CPU, got ", mask.device());
-  const BlockMaskGeometry g = make_mask_geometry(weight_size, mask, block);
-  TORCH_CHECK(g.cin_g > 0 && g.kh > 0 && g.kw > 0,
-              "rskcnn: weight must have Cin/groups, KH and KW all >= 1, got weight shape ", weight_size);
-  TORCH_CHECK(tile_shape.size() == 4, "rskcnn: tile_shape must have 4 elements, got ", tile_shape.size());
-  const TileShape shape{tile_shape[0], tile_shape[1], tile_shape[2], tile_shape[3]};
-  TilePlans p = allocate_tile_plans(mask, g, groups, shape, reorder);
+  check_cpu_mask(mask);
+  auto [g, p] = allocate_plan_tiles_call(mask, weight_size, groups, block, tile_shape, reorder);
   build_tile_plans(mask, g, p);
-  return {p.order, p.out_entries, p.out_counts, p.in_entries, p.in_counts};
+  return p.tensors();
 }
 
 }  // namespace rskcnn::cpu
-

@@ -9,7 +9,7 @@
 #include <limits>
 
 #include "element_common.cuh"
-#include "element_plan.cuh"
+#include "element_lists.cuh"
 
 namespace rskcnn::cuda::element {
 namespace {

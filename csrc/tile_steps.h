@@ -1,30 +1,57 @@
 // Tile plans of the implicit-GEMM kernels: the per-group channel order and, for each
 // tile, the (tap, chunk) steps it must visit. Built by the same host/device functions
-// of block_mask.h on the CPU (csrc/cpu/tile_plan.cpp, for tests) and on the GPU
-// (csrc/cuda/tile_plan.cu, with no host sync).
+// of block_mask.h on the CPU (csrc/cpu/tile_steps.cpp, for tests) and on the GPU
+// (csrc/cuda/tile_steps.cu, with no host sync).
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <tuple>
 #include <utility>
 
 #include "block_mask.h"
+#include "conv_args.h"
 
 namespace rskcnn {
 
-struct TilePlans {
+// The shape of a tiled pass: forward (and grad-weight) tiles are `out_tile` positions of
+// the channel order that reduce over chunks of `in_chunk` input channels; grad-input
+// tiles are `in_tile` input channels that reduce over chunks of `out_chunk` positions
+// of the order.
+struct TileShape {
+  int64_t out_tile, in_chunk, in_tile, out_chunk;
+};
+
+// How many tiles a pass has per group and how many steps a tile's list holds.
+struct TileCounts {
+  int64_t out_tiles;     // forward tiles per group = ceil(Cout/groups / out_tile)
+  int64_t in_tiles;      // grad-input tiles per group = ceil(Cin/groups / in_tile)
+  int64_t out_capacity;  // KH * KW * ceil(Cin/groups / in_chunk)
+  int64_t in_capacity;   // KH * KW * ceil(Cout/groups / out_chunk)
+};
+
+inline TileCounts count_tiles(const BlockMaskGeometry& g, int64_t groups, const TileShape& shape) {
+  const int64_t cout_g = g.cout / groups;
+  return TileCounts{ceil_div(cout_g, shape.out_tile), ceil_div(g.cin_g, shape.in_tile),
+                    g.kh * g.kw * ceil_div(g.cin_g, shape.in_chunk),
+                    g.kh * g.kw * ceil_div(cout_g, shape.out_chunk)};
+}
+
+// The plans of one mask: its tile counts (count_tiles) and the lists.
+struct TilePlans : TileCounts {
   TileShape shape;
   bool reorder;            // false: order is the identity
   int64_t groups;
-  int64_t out_tiles;       // forward tiles per group = ceil(Cout/groups / out_tile)
-  int64_t in_tiles;        // grad-input tiles per group = ceil(Cin/groups / in_tile)
-  int64_t out_capacity;    // KH * KW * ceil(Cin/groups / in_chunk)
-  int64_t in_capacity;     // KH * KW * ceil(Cout/groups / out_chunk)
   at::Tensor order;        // (Cout,) int32, global channel ids, each group's in its range
   at::Tensor out_entries;  // (groups * out_tiles, out_capacity) int32, first out_counts[t] valid
   at::Tensor out_counts;   // (groups * out_tiles,) int32
   at::Tensor in_entries;   // (groups * in_tiles, in_capacity) int32
   at::Tensor in_counts;    // (groups * in_tiles,) int32
+
+  // What rskcnn::plan_tiles returns.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tensors() const {
+    return {order, out_entries, out_counts, in_entries, in_counts};
+  }
 };
 
 // Allocates plans on mask's device (counts and order uninitialised).
@@ -35,15 +62,11 @@ inline TilePlans allocate_tile_plans(const at::Tensor& mask, const BlockMaskGeom
               shape.in_chunk, ", ", shape.in_tile, ", ", shape.out_chunk, ")");
   TORCH_CHECK(groups > 0 && g.cout % groups == 0, "rskcnn: groups = ", groups,
               " must divide Cout = ", g.cout);
-  const int64_t cout_g = g.cout / groups;
   TilePlans p{};
+  static_cast<TileCounts&>(p) = count_tiles(g, groups, shape);
   p.shape = shape;
   p.reorder = reorder;
   p.groups = groups;
-  p.out_tiles = ceil_div(cout_g, shape.out_tile);
-  p.in_tiles = ceil_div(g.cin_g, shape.in_tile);
-  p.out_capacity = g.kh * g.kw * ceil_div(g.cin_g, shape.in_chunk);
-  p.in_capacity = g.kh * g.kw * ceil_div(cout_g, shape.out_chunk);
   TORCH_CHECK(p.out_capacity < INT32_MAX && p.in_capacity < INT32_MAX,
               "rskcnn: a tile plan of ", std::max(p.out_capacity, p.in_capacity),
               " steps overflows its int32 entries");
@@ -55,6 +78,19 @@ inline TilePlans allocate_tile_plans(const at::Tensor& mask, const BlockMaskGeom
   p.in_entries = at::full({groups * p.in_tiles, p.in_capacity}, -1, opts);
   p.in_counts = at::empty({groups * p.in_tiles}, opts);
   return p;
+}
+
+// The arguments of rskcnn::plan_tiles, checked, as the mask's geometry and plans allocated
+// on the mask's device for the backend's build_tile_plans.
+inline std::pair<BlockMaskGeometry, TilePlans> allocate_plan_tiles_call(
+    const at::Tensor& mask, at::IntArrayRef weight_size, int64_t groups, at::IntArrayRef block,
+    at::IntArrayRef tile_shape, bool reorder) {
+  const BlockMaskGeometry g = make_mask_geometry(weight_size, mask, block);
+  TORCH_CHECK(g.cin_g > 0 && g.kh > 0 && g.kw > 0,
+              "rskcnn: weight must have Cin/groups, KH and KW all >= 1, got weight shape ", weight_size);
+  TORCH_CHECK(tile_shape.size() == 4, "rskcnn: tile_shape must have 4 elements, got ", tile_shape.size());
+  const TileShape shape{tile_shape[0], tile_shape[1], tile_shape[2], tile_shape[3]};
+  return {g, allocate_tile_plans(mask, g, groups, shape, reorder)};
 }
 
 // The tile shape and channel order used for a convolution's mask (csrc/cuda/conv.cpp):
