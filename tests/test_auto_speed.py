@@ -54,6 +54,16 @@ def test_thresholds_take_the_largest_keep_within_tolerance_on_every_layer():
     assert table["cuda"]["element"] == 0.0
 
 
+def test_a_backend_is_held_against_what_auto_would_run_instead():
+    """With auto's order (cuda, then triton, then the fallback), triton is only ever taken when
+    cuda declined, so it is held against masked-dense alone, and cuda against both."""
+    table = calibration.thresholds_from_bench(bench_result(synthetic_times()), order=["cuda", "triton", "reference"])
+    assert table["cuda"]["filter"] == 0.75
+    assert table["triton"]["filter"] == 0.5  # 1.075 > 1.05 * 1.0 on layer a at keep 0.75
+    assert calibration.rivals("cuda", ["masked-dense", "cuda", "triton"], ["cuda", "triton"]) == \
+        ["masked-dense", "triton"]
+
+
 def test_a_kernel_slower_than_dense_but_faster_than_masked_dense_is_taken():
     """The rule compares with masked-dense (what auto would otherwise run), not with dense."""
     times = {}
@@ -146,14 +156,24 @@ def test_a_gpu_table_of_another_card_is_ignored(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- the CPU's committed table
 
 
-def test_the_committed_cpu_table_is_what_calibrate_writes_from_the_committed_bench(tmp_path):
-    """`python -m rskcnn calibrate benchmarks/results/cpu-float32.json` reproduces cpu.json."""
-    out = tmp_path / "cpu.json"
-    assert main(["calibrate", str(CPU_BENCH), "--out", str(out)]) == 0
+# Each committed CPU table and the committed bench results it was written from.
+COMMITTED_TABLES = {
+    "cpu.json": ["cpu-float32.json"],  # the generic table (2 AVX-512 cores, all granularities)
+    "cpu-avx2.json": ["cpu-float32-filter-exact.json", "cpu-float32-filter-exact-paper-rerun.json"],
+}
+
+
+@pytest.mark.parametrize("table_name", sorted(COMMITTED_TABLES))
+def test_a_committed_cpu_table_is_what_calibrate_writes_from_the_committed_benches(tmp_path, table_name):
+    """`python -m rskcnn calibrate BENCH.json ...` reproduces each committed table."""
+    out = tmp_path / table_name
+    sources = [str(CPU_BENCH.parent / name) for name in COMMITTED_TABLES[table_name]]
+    assert main(["calibrate", *sources, "--out", str(out)]) == 0
     written = json.loads(out.read_text())
-    committed = json.loads((calibration.TABLE_DIR / "cpu.json").read_text())
+    committed = json.loads((calibration.TABLE_DIR / table_name).read_text())
     assert written == committed
     assert committed["machine_class"].startswith("cpu-")
+    assert sorted(p.name for p in calibration.TABLE_DIR.glob("cpu*.json")) == sorted(COMMITTED_TABLES)
 
 
 def test_cpu_auto_follows_the_committed_table(monkeypatch):

@@ -68,9 +68,21 @@ def machine_class(result_machine: dict, device: str) -> str:
 
 # ----------------------------------------------------------------------------- writing tables
 
-def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE) -> dict[str, dict[str, float]]:
+def rivals(backend: str, options: list[str], order: list[str] | None) -> list[str]:
+    """What ``backend``'s times are held against. ``auto`` tries backends in ``order`` and takes
+    the first that is not skipped, so declining ``backend`` leads to the backends after it and,
+    last, the fallback (masked-dense): those are its rivals. Without an order, every option."""
+    if order is None or backend not in order:
+        return [o for o in options if o != backend]
+    later = order[order.index(backend) + 1:]
+    return [o for o in options if o in later or o == FALLBACK]
+
+
+def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE,
+                          order: list[str] | None = None) -> dict[str, dict[str, float]]:
     """{backend: {granularity: faster_below}} from one ``rskcnn bench`` result (a dict as
-    written to its JSON). Uses the ``step`` pass, else ``forward``."""
+    written to its JSON). Uses the ``step`` pass, else ``forward``. ``order``: auto's order of
+    the kernel backends on the device (:func:`rivals`); the calibrate CLI passes it."""
     records = [r for r in result["records"] if r.get("median_s") is not None]
     passes = {r["pass"] for r in records}
     chosen_pass = "step" if "step" in passes else "forward"
@@ -91,9 +103,9 @@ def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE) -> dict[st
             for keep in keeps:
                 ok = True
                 for layer in layers:
-                    measured = {b: times.get((granularity, keep, layer, b)) for b in options}
-                    mine = measured[backend]
-                    known = [t for t in measured.values() if t is not None]
+                    mine = times.get((granularity, keep, layer, backend))
+                    known = [t for b in rivals(backend, options, order)
+                             if (t := times.get((granularity, keep, layer, b))) is not None]
                     if mine is None or not known or mine > tolerance * min(known):
                         ok = False
                         break
@@ -104,7 +116,8 @@ def thresholds_from_bench(result: dict, tolerance: float = TOLERANCE) -> dict[st
     return table
 
 
-def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE) -> dict:
+def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE,
+                             order: list[str] | None = None) -> dict:
     """A calibration table (the JSON ``auto`` reads) from bench results of one machine class.
     Results of the same dtype/TF32 setting are pooled (a record measured twice keeps the later
     result's time), so a bench of new backends can be added to an earlier full one."""
@@ -117,7 +130,7 @@ def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE) 
     if len(names) != 1 or len(classes) != 1:
         raise ValueError(f"bench results must come from one device, got {sorted(map(str, names | classes))}")
     table = {"schema": SCHEMA, "device": names.pop(), "machine_class": classes.pop(), "tolerance": tolerance,
-             "faster_below": {}}
+             "auto_order": order, "faster_below": {}}
     # Results of one dtype (e.g. the full bench and a later one of new backends) are pooled.
     pooled: dict[str, dict] = {}
     for result in results:
@@ -130,7 +143,7 @@ def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE) 
             {"command": settings.get("command", ""), "date": settings.get("date"),
              "threads": settings.get("threads"), "memory_format": settings.get("memory_format")})
     for key, result in pooled.items():
-        table["faster_below"][key] = thresholds_from_bench(result, tolerance)
+        table["faster_below"][key] = thresholds_from_bench(result, tolerance, order)
     return table
 
 

@@ -28,7 +28,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rskcnn.backends import calibration
+    from rskcnn.backends import auto_priority, calibration
 
     results = []
     for path in args.results:
@@ -39,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     tolerance = calibration.TOLERANCE if args.tolerance is None else args.tolerance
     if tolerance < 1.0:
         raise SystemExit(f"rskcnn calibrate: --tolerance must be >= 1, got {tolerance}")
+    devices = {r.get("settings", {}).get("device", "cuda") for r in results}
+    # Each backend is held against what auto would run if it declined: the ones after it.
+    order = list(auto_priority(devices.pop())) if len(devices) == 1 else None
     try:
-        table = calibration.calibration_from_benches(results, tolerance)
+        table = calibration.calibration_from_benches(results, tolerance, order)
     except (KeyError, ValueError) as error:
         raise SystemExit(f"rskcnn calibrate: {error}")
     out = args.out or calibration.TABLE_DIR / f"{table['machine_class']}.json"
