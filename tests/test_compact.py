@@ -475,13 +475,21 @@ def test_grouped_bernoulli_is_refused_with_its_reason():
                           backend="compact")
 
 
-def test_auto_tries_compact_first_on_cpu_but_needs_a_speed_table():
+def test_auto_tries_compact_first_on_cpu_where_the_speed_table_says(monkeypatch):
+    from rskcnn.backends import calibration
+
     order = rsk_backends.auto_priority("cpu")
     assert order.index("compact") < order.index("reference")
     if "cpu" in order:
         assert order.index("compact") < order.index("cpu")
-    call = dataclasses.replace(_call(), kept_fraction=0.25)
-    chosen, skipped = rsk_backends.choose(call)
+    table = {"device": "Test CPU", "faster_below": {"float32": {"compact": {"filter": 0.25}}}}
+    monkeypatch.setattr(calibration, "_TABLES", {("cpu", None): ("cpu-test", table)})
+    chosen, _ = rsk_backends.choose(dataclasses.replace(_call(), kept_fraction=0.25))
+    assert chosen.name == "compact"
+    chosen, skipped = rsk_backends.choose(dataclasses.replace(_call(), kept_fraction=0.5))
+    assert chosen.name != "compact" and "only up to keep 0.25" in skipped["compact"][0]
+    monkeypatch.setattr(calibration, "_TABLES", {("cpu", None): ("cpu-test", None)})
+    chosen, skipped = rsk_backends.choose(dataclasses.replace(_call(), kept_fraction=0.25))
     assert chosen.name != "compact"
     assert any("not calibrated" in r for r in skipped["compact"]), skipped["compact"]
 
