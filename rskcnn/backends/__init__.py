@@ -35,6 +35,7 @@ def auto_priority(device_type: str) -> tuple[str, ...]:
     candidates.sort(key=lambda b: b.auto_priority)
     return (*(b.name for b in candidates), *(b.name for b in BACKENDS.values() if b.fallback))
 
+
 BACKEND_NAMES = ("auto", *BACKENDS)
 
 

@@ -54,15 +54,19 @@ def granularity_key(call: ConvCall) -> str:
     return call.granularity if call.groups == 1 else "grouped"
 
 
+def _cpu_class(capability: str) -> str:
+    return "cpu-" + device_slug(capability)
+
+
 def cpu_machine_class() -> str:
     """``cpu-<vector ISA>`` of this machine as ATen dispatches (``cpu-avx512``, ``cpu-avx2``, ...)."""
-    return "cpu-" + device_slug(torch.backends.cpu.get_cpu_capability())
+    return _cpu_class(torch.backends.cpu.get_cpu_capability())
 
 
 def machine_class(result_machine: dict, device: str) -> str:
     """The machine class of a bench result's ``machine`` record."""
     if device == "cpu":
-        return "cpu-" + device_slug(result_machine.get("cpu_capability") or "default")
+        return _cpu_class(result_machine.get("cpu_capability") or "default")
     return device_slug(result_machine.get("gpu") or "unknown-gpu")
 
 
@@ -149,9 +153,10 @@ def calibration_from_benches(results: list[dict], tolerance: float = TOLERANCE,
 
 # ----------------------------------------------------------------------------- reading tables
 
-# Loaded once per device. Under torch.compile the loading runs once at trace time and its
-# result is a constant of the graph: Dynamo can trace neither torch.cuda.get_device_name (it
-# returns a str) nor the file reads, and fullgraph=True would fail on them.
+# Loaded once per device. Under torch.compile, _lookup (which calls _load) runs once at trace
+# time and its result is a constant of the graph: Dynamo can trace neither
+# torch.cuda.get_device_name (it returns a str) nor the file reads, and fullgraph=True would
+# fail on them.
 _TABLES: dict[tuple[str, int | None], tuple[str, dict | None]] = {}
 
 

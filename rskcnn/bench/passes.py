@@ -48,15 +48,18 @@ def kept_filters(mask: torch.Tensor) -> torch.Tensor:
     """The indices (int64, on the mask's device) of the filters a filter mask keeps. ``mask``
     is a bool mask of shape (C_out, 1, 1, 1), as :func:`rskcnn.sample_mask` draws it for
     ``block_shape("filter", weight_shape)``. Reads the mask on the host (a sync on CUDA)."""
+    from rskcnn.backends.compact import kept_filter_indices
+
     if mask.dim() != 4 or tuple(mask.shape[1:]) != (1, 1, 1):
         raise ValueError(f"kept_filters: mask must be a filter mask of shape (C_out, 1, 1, 1), got {tuple(mask.shape)}")
-    return mask.reshape(-1).nonzero().reshape(-1)
+    return kept_filter_indices(mask, groups=1)
 
 
 def _in_format_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` made contiguous in the memory format ``like`` has (channels_last or not)."""
-    channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    """``t`` made contiguous in the memory format ``like`` has (the ops' output rule)."""
+    from rskcnn.geometry import output_memory_format
+
+    return t.contiguous(memory_format=output_memory_format(like))
 
 
 def compact_ideal_tensors(mask: torch.Tensor, x, w, b, grad_output):

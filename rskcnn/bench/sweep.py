@@ -45,6 +45,12 @@ def bench_tensors(layer, batch: int, *, seed: int = 0, dtype: str | torch.dtype 
     return x, w, b, grad_output
 
 
+def _timings_per_config(settings: dict) -> int:
+    """How many timings one (layer, granularity, p) takes: every pass of dense, the backends
+    (``settings["backends"]`` lists masked-dense and the rskcnn backends) and the ideals."""
+    return len(settings["passes"]) * (len(settings["backends"]) + len(settings.get("ideals", [])))
+
+
 def _settings_tensors(layer, batch: int, settings: dict, device: torch.device):
     """:func:`bench_tensors` with a run's seed, dtype and memory format."""
     return bench_tensors(layer, batch, seed=settings["seed"], dtype=settings["dtype"],
@@ -163,7 +169,7 @@ def _time_point(layer, tensors, granularity: str, keep_prob: float, settings: di
     kept = expand_mask(mask, block, layer.weight_shape).float().mean().item()
     where = {"layer": layer.name, "granularity": granularity, "block": list(block),
              "keep_prob": keep_prob, "kept_fraction": round(kept, 4)}
-    per_config = len(settings["passes"]) * (len(settings["backends"]) + len(settings.get("ideals", [])))
+    per_config = _timings_per_config(settings)
     for attempt in range(attempts_before + 1, attempts_before + retries + 2):
         counters = cpu_counters()
         out = _time_config(layer, where, mask, block, tensors, settings, timed)
@@ -200,7 +206,7 @@ def time_all(plan, settings: dict, device: torch.device, timed) -> list[dict]:
                 if out["busy"]:
                     busy.append((index, granularity, keep_prob))
     if busy and settings["retries"]:
-        per_config = len(settings["passes"]) * (len(settings["backends"]) + len(settings.get("ideals", [])))
+        per_config = _timings_per_config(settings)
         timed.again(per_config * len(busy), f"timing the {len(busy)} configurations that stayed busy once more")
         for index, granularity, keep_prob in busy:
             layer, batch = plan[index]
